@@ -104,16 +104,26 @@ class BucketSpace:
     def free_count(self, durable_seq: int) -> int:
         return sum(1 for b in range(self.sb.nbuckets) if self.is_free(b, durable_seq))
 
-    def allocate(self, kind: BucketKind, nbytes: int, durable_seq: int) -> int:
-        """Device address of `nbytes` fresh bytes in a bucket of `kind`; NoSpace if none."""
+    def allocate(self, kind: BucketKind, nbytes: int, durable_seq: int, next_seq: int) -> int:
+        """Device address of `nbytes` fresh bytes in a bucket of `kind`; NoSpace if none.
+
+        `next_seq` is the seq the caller's transaction will get.  The space is
+        not counted until that transaction commits, so a bucket given up while
+        still empty stays blocked until a transaction from `next_seq` on is
+        durable: by then the caller has committed (its count keeps the bucket)
+        or aborted (nothing refers to the bucket).
+        """
         size = self.sb.bucket_size
         if nbytes <= 0 or nbytes > size:
             raise ValueError(f"cannot allocate {nbytes} bytes from {size}-byte buckets")
         ob = self.open.get(kind)
         if ob is None or ob.next_offset + nbytes > size:
+            if ob is not None and self.live[ob.bucket] == 0:
+                self.free_after[ob.bucket] = max(self.free_after[ob.bucket], next_seq)
             ob = self._open_new(kind, durable_seq)
         addr = self.sb.bucket_start(ob.bucket) + ob.next_offset
-        ob.next_offset += nbytes
+        # Keep every allocation block aligned: regions never share a block.
+        ob.next_offset += nbytes + (-nbytes % self.sb.block_size)
         return addr
 
     def _open_new(self, kind: BucketKind, durable_seq: int) -> OpenBucket:

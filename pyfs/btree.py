@@ -144,6 +144,11 @@ class NodeStore:
 Path = list[tuple[Node, int]]  # (interior node, index of the child taken), root first
 
 
+def _is_deficient(node: Node) -> bool:
+    """Structurally wrong below the root: an empty leaf or an interior node with one child."""
+    return len(node.keys) < (2 if node.level else 1)
+
+
 class BTree:
     """One copy-on-write B+tree; its root is a dirty Node or a Ptr to a clean one."""
 
@@ -190,14 +195,18 @@ class BTree:
             return node.vals[i]
         return None
 
-    def _leaf_bounds(self, key: bytes, before: bool) -> tuple[Node, bytes, bytes | None]:
-        """The leaf for `key` (or, with `before`, the leaf whose range starts below `key`) and its bounds."""
+    def _leaf_bounds(self, key: bytes | None, before: bool) -> tuple[Node, bytes, bytes | None]:
+        """The leaf for `key` (with `before`: the leaf whose range starts below `key`;
+        for None: the rightmost leaf) and its bounds."""
         node = self._root_node()
         lo: bytes = b""
         hi: bytes | None = None
         while node.level:
-            i = (bisect_left(node.keys, key) if before else bisect_right(node.keys, key)) - 1
-            i = max(i, 0)
+            if key is None:
+                i = len(node.keys) - 1
+            else:
+                i = (bisect_left(node.keys, key) if before else bisect_right(node.keys, key)) - 1
+                i = max(i, 0)
             lo = node.keys[i]
             if i + 1 < len(node.keys):
                 hi = node.keys[i + 1]
@@ -228,7 +237,7 @@ class BTree:
         limit = end
         while True:
             if limit is None:
-                leaf, lo, _ = self._leaf_bounds(b"\xff", before=False)
+                leaf, lo, _ = self._leaf_bounds(None, before=False)
                 j = len(leaf.keys)
             else:
                 if limit <= start:
@@ -301,6 +310,17 @@ class BTree:
         del leaf.vals[i]
         self.nkeys -= 1
         self._rebalance_up(leaf, path)
+        # A node whose only sibling path ran through a one-child parent may
+        # still be empty (or an interior node may have one child): descend
+        # again and repair from the deepest such node until none is left.
+        for _ in range(2 * self.root_level + 2):
+            leaf, path = self._descend(key)
+            nodes = [n for n, _ in path] + [leaf]
+            bad = [d for d in range(1, len(nodes)) if _is_deficient(nodes[d])]
+            if not bad:
+                break
+            depth = bad[-1]
+            self._rebalance_up(nodes[depth], path[:depth])
         return True
 
     def _split_node(self, node: Node) -> Node:
@@ -336,7 +356,7 @@ class BTree:
 
     def _rebalance_up(self, node: Node, path: Path) -> None:
         store = self.store
-        while path and node.nbytes < store.capacity // 4:
+        while path and (node.nbytes < store.capacity // 4 or _is_deficient(node)):
             parent, idx = path.pop()
             if len(parent.keys) < 2:
                 node = parent

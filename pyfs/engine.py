@@ -110,12 +110,15 @@ class Engine:
         eng = cls(device, sb, options or EngineOptions())
         for tree in NODE_TREES:
             eng.trees[tree] = BTree.empty(tree, eng.store)
-        write_superblocks(device, sb)
         eng.journal = JournalWriter(
             device, sb.journal_offset, sb.journal_size, eng.seed,
             next_seq=1, durable_seq=0, checkpoint_seq=0, checkpoint_offset=0, tail_offset=0,
         )
         eng.checkpoint()
+        # The superblocks go last: an interrupted format leaves no image that
+        # looks valid but cannot be opened.
+        write_superblocks(device, sb)
+        device.flush()
         return eng
 
     @classmethod
@@ -266,11 +269,24 @@ class Engine:
     # -- data regions ----------------------------------------------------------
 
     def allocate_data(self, nbytes: int) -> int:
-        """Address of `nbytes` (at most one region) of fresh space for file data."""
+        """Address of `nbytes` (at most one region) of fresh space for file data.
+
+        The caller writes the region and commits the transaction that counts
+        it (`adjust_bucket_usage`) without yielding to other requests in
+        between: the space is protected only until the next commit is durable.
+        """
         journal = self._writable()
         if nbytes > min(MAX_DATA_REGION, self.sb.bucket_size):
             raise ValueError(f"data regions are at most {min(MAX_DATA_REGION, self.sb.bucket_size)} bytes")
-        return self.space.allocate(BucketKind.DATA, nbytes, journal.durable_seq)
+        try:
+            return self.space.allocate(BucketKind.DATA, nbytes, journal.durable_seq, journal.next_seq)
+        except NoSpace:
+            if not journal.has_pending:
+                raise
+        # Buckets emptied by transactions not yet durable become usable once
+        # they are: flush, then try once more.
+        self.flush()
+        return self.space.allocate(BucketKind.DATA, nbytes, journal.durable_seq, journal.next_seq)
 
     def write_data(self, addr: int, data: bytes) -> int:
         """Write a data region; returns its checksum.  Durable at the next flush."""
@@ -408,7 +424,7 @@ class Engine:
                 break
             delta: dict[int, int] = {}
             for node in fresh:
-                node.new_addr = self.space.allocate(BucketKind.BTREE, sb.node_size, journal.durable_seq)
+                node.new_addr = self.space.allocate(BucketKind.BTREE, sb.node_size, journal.durable_seq, seq)
                 b = sb.bucket_of(node.new_addr)
                 delta[b] = delta.get(b, 0) + sb.node_size
             for addr in freed:

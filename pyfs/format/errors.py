@@ -25,3 +25,8 @@ class NotPyfs(FormatError):
 
 class UnsupportedVersion(FormatError):
     """The superblock is valid but written by a newer, unknown format version."""
+
+
+# What decoding a checksummed but wrongly shaped msgpack body can raise; the
+# decoders turn every one of these into a FormatError (or "not an entry").
+MALFORMED = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)

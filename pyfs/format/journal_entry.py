@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import msgpack
 
 from .checksum import checksum
-from .errors import FormatError
+from .errors import MALFORMED, FormatError
 
 MAGIC = b"PJE\x01"
 _HEADER = struct.Struct("<4sIQ")
@@ -97,7 +97,7 @@ def decode_entry(buf: bytes | memoryview, pos: int, seed: int) -> tuple[JournalE
         return None
     try:
         return _decode_body(seq, body), end - pos
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException, FormatError):
+    except (*MALFORMED, msgpack.UnpackException, FormatError):
         return None
 
 

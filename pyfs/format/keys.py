@@ -1,6 +1,6 @@
 """Order-preserving key encoding.
 
-Keys are tuples of ints (signed 64-bit), strs and bytes.  They are stored as
+Keys are tuples of ints (signed 64-bit), strs (valid unicode) and bytes.  They are stored as
 bytes whose lexicographic order equals the tuple order, with ints < strs <
 bytes at any one position and a tuple sorting before every longer tuple it
 is a prefix of.  The btrees therefore compare plain bytes, and one tree may
@@ -44,8 +44,14 @@ def encode_key(key: Key) -> bytes:
             out.append(_TAG_INT)
             out += _INT.pack(element + _INT_BIAS)
         elif isinstance(element, str):
+            try:
+                raw = element.encode("utf-8")
+            except UnicodeEncodeError:
+                # Lone surrogates have no UTF-8 form that sorts by code point;
+                # arbitrary names belong in bytes elements.
+                raise ValueError("key str is not valid unicode; use bytes") from None
             out.append(_TAG_STR)
-            out += _escape(element.encode("utf-8", "surrogateescape"))
+            out += _escape(raw)
         elif isinstance(element, (bytes, bytearray)):
             out.append(_TAG_BYTES)
             out += _escape(bytes(element))
@@ -86,7 +92,10 @@ def decode_key(data: bytes) -> Key:
             pos += 8
         elif tag == _TAG_STR:
             raw, pos = _unescape(data, pos)
-            items.append(raw.decode("utf-8", "surrogateescape"))
+            try:
+                items.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise FormatError("key str is not UTF-8") from None
         elif tag == _TAG_BYTES:
             raw, pos = _unescape(data, pos)
             items.append(raw)

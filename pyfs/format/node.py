@@ -16,16 +16,17 @@ from dataclasses import dataclass
 import msgpack
 
 from .checksum import checksum
-from .errors import FormatError
+from .errors import MALFORMED, FormatError
 
 MAGIC = b"PBN\x01"
 _HEADER = struct.Struct("<4sBBHIQ")
 _CSUM = struct.Struct("<Q")
 HEADER_SIZE = _HEADER.size + _CSUM.size
-# Upper bound of msgpack framing per leaf entry (two bin headers) and the
-# size of an interior entry's child pointer ([u64, u64] with headers).
+# Upper bound of msgpack framing per leaf entry (two bin headers), and of an
+# interior entry beyond its key bytes: the key's bin header (3) plus the
+# child pointer [u64, u64] (array header 1 + 2 * 9).
 LEAF_ENTRY_OVERHEAD = 6
-PTR_BYTES = 19
+PTR_BYTES = 22
 PAYLOAD_OVERHEAD = 16
 
 
@@ -74,6 +75,6 @@ def decode_node(raw: bytes, addr: int, seed: int, expect_csum: int | None = None
             values = [(int(a), int(c)) for a, c in values]
         elif not all(isinstance(v, bytes) for v in values):
             raise ValueError("leaf value is not bytes")
-    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+    except (*MALFORMED, msgpack.UnpackException) as exc:
         raise FormatError(f"btree node at {addr:#x}: malformed payload ({exc})") from None
     return NodeImage(tree, level, keys, values)

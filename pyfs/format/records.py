@@ -11,7 +11,7 @@ from enum import IntEnum
 
 import msgpack
 
-from .errors import FormatError
+from .errors import MALFORMED, FormatError
 
 
 class Tree(IntEnum):
@@ -59,7 +59,7 @@ class AllocInfo:
         try:
             live, kind, gen = unpack(raw)
             return cls(int(live), BucketKind(kind), int(gen))
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        except (*MALFORMED, msgpack.UnpackException) as exc:
             raise FormatError(f"malformed alloc value: {exc}") from None
 
 
@@ -104,7 +104,7 @@ class Extent:
             if ext.length <= 0 or ext.offset < 0 or ext.offset + ext.length > ext.region_len:
                 raise ValueError("extent outside its region")
             return ext
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        except (*MALFORMED, msgpack.UnpackException) as exc:
             raise FormatError(f"malformed extent value: {exc}") from None
 
 
@@ -126,7 +126,7 @@ class LoggedOp:
             if not isinstance(kind, str) or not isinstance(args, dict):
                 raise ValueError("kind must be a str and args a map")
             return cls(kind, args, cursor)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        except (*MALFORMED, msgpack.UnpackException) as exc:
             raise FormatError(f"malformed logged op: {exc}") from None
 
 
@@ -161,7 +161,7 @@ class Inode:
             if len(fields) != 11 or not all(isinstance(f, int) for f in fields):
                 raise ValueError("inode must hold 11 integers")
             return cls(*fields)
-        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        except (*MALFORMED, msgpack.UnpackException) as exc:
             raise FormatError(f"malformed inode value: {exc}") from None
 
 

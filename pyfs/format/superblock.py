@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import msgpack
 
 from .checksum import checksum
-from .errors import FormatError, NotPyfs, UnsupportedVersion
+from .errors import MALFORMED, FormatError, NotPyfs, UnsupportedVersion
 
 MAGIC = b"PYFS\x00SB\x01"
 FORMAT_VERSION = 1
@@ -119,7 +119,7 @@ class Superblock:
                 created_ns=int(body["created_ns"]),
                 version=version,
             )
-        except (KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+        except (*MALFORMED, msgpack.UnpackException) as exc:
             raise FormatError(f"superblock body is malformed: {exc}") from None
         sb.validate()
         return sb
@@ -148,6 +148,12 @@ class Superblock:
             raise FormatError("superblock geometry is invalid: " + ", ".join(problems))
 
 
+def default_journal_size(size: int) -> int:
+    """The journal size mkfs picks for an image of `size` bytes: 1/32, within 256 KiB..64 MiB."""
+    journal = min(64 << 20, max(MIN_JOURNAL_SIZE, size // 32))
+    return journal - journal % BLOCK_SIZE
+
+
 def plan_geometry(
     size: int,
     *,
@@ -163,12 +169,15 @@ def plan_geometry(
     size -= size % bs
     if len(label.encode("utf-8")) > MAX_LABEL_BYTES:
         raise ValueError(f"label longer than {MAX_LABEL_BYTES} bytes")
+    if node_size < bs or node_size % bs:
+        raise ValueError(f"node size must be a positive multiple of {bs} bytes")
     if bucket_size < node_size or bucket_size % node_size or bucket_size & (bucket_size - 1):
         raise ValueError(
             f"bucket size must be a power of two and a multiple of the node size ({node_size} bytes)"
         )
+    auto_journal = journal_size is None
     if journal_size is None:
-        journal_size = min(64 << 20, max(MIN_JOURNAL_SIZE, size // 32))
+        journal_size = default_journal_size(size)
     journal_size -= journal_size % bs
     if journal_size < MIN_JOURNAL_SIZE:
         raise ValueError(f"journal must be at least {MIN_JOURNAL_SIZE >> 10} KiB")
@@ -177,6 +186,8 @@ def plan_geometry(
     nbuckets = (size - bs - bucket_offset) // bucket_size if size > bucket_offset + bs else 0
     if nbuckets < MIN_BUCKETS:
         need = bucket_offset + MIN_BUCKETS * bucket_size + bs
+        while auto_journal and default_journal_size(need) + bs + MIN_BUCKETS * bucket_size + bs > need:
+            need = default_journal_size(need) + bs + MIN_BUCKETS * bucket_size + bs
         raise ValueError(
             f"image too small: {size} bytes cannot hold the superblock, a "
             f"{journal_size >> 10} KiB journal and {MIN_BUCKETS} buckets of "

@@ -1,0 +1,3 @@
+from pyfs.mkfs_cli import main
+
+raise SystemExit(main())
