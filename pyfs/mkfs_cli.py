@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from .device import FileDevice
 from .engine import Engine
 from .format.errors import FormatError, UnsupportedVersion
-from .format.records import NEXT_INO_KEY, ROOT_INO, Inode, Tree, pack
+from .fs import format_filesystem
 from .format.superblock import (
     BLOCK_SIZE,
     DEFAULT_BUCKET_SIZE,
@@ -285,21 +285,7 @@ def write_filesystem(device: FileDevice, sb: Superblock) -> None:
     """Format `device` and add the root directory; closes the device (final clean checkpoint)."""
     eng = Engine.format(device, sb)
     try:
-        now = time.time_ns()
-        root = Inode(
-            mode=stat.S_IFDIR | 0o755,
-            uid=os.getuid(),
-            gid=os.getgid(),
-            nlink=2,
-            size=0,
-            atime_ns=now,
-            mtime_ns=now,
-            ctime_ns=now,
-            generation=1,
-        )
-        with eng.transaction() as txn:
-            txn.put(Tree.INODES, (ROOT_INO,), root.encode())
-            txn.put(Tree.MISC, NEXT_INO_KEY, pack(ROOT_INO + 1))
+        format_filesystem(eng, uid=os.getuid(), gid=os.getgid())
     finally:
         eng.close()
 

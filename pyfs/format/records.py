@@ -145,12 +145,14 @@ class Inode:
     rdev: int = 0
     generation: int = 0
     flags: int = 0
+    data_bytes: int = 0  # bytes of file data the inode's extents hold (for st_blocks)
+    parent: int = 0      # directories: the parent directory's ino (root: itself)
 
     def encode(self) -> bytes:
         return pack(
             [
-                self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns,
-                self.mtime_ns, self.ctime_ns, self.rdev, self.generation, self.flags,
+                self.mode, self.uid, self.gid, self.nlink, self.size, self.atime_ns, self.mtime_ns,
+                self.ctime_ns, self.rdev, self.generation, self.flags, self.data_bytes, self.parent,
             ]
         )
 
@@ -158,12 +160,34 @@ class Inode:
     def decode(cls, raw: bytes) -> "Inode":
         try:
             fields = unpack(raw)
-            if len(fields) != 11 or not all(isinstance(f, int) for f in fields):
-                raise ValueError("inode must hold 11 integers")
+            if len(fields) != 13 or not all(isinstance(f, int) for f in fields):
+                raise ValueError("inode must hold 13 integers")
             return cls(*fields)
         except (*MALFORMED, msgpack.UnpackException) as exc:
             raise FormatError(f"malformed inode value: {exc}") from None
 
 
+@dataclass(frozen=True)
+class Dirent:
+    """Value of dirent key `(dir_ino, name_hash, name)`: the child and its file type (S_IFMT bits)."""
+
+    ino: int
+    kind: int
+
+    def encode(self) -> bytes:
+        return pack([self.ino, self.kind])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Dirent":
+        try:
+            ino, kind = unpack(raw)
+            if not isinstance(ino, int) or not isinstance(kind, int):
+                raise ValueError("dirent must hold two integers")
+            return cls(ino, kind)
+        except (*MALFORMED, msgpack.UnpackException) as exc:
+            raise FormatError(f"malformed dirent value: {exc}") from None
+
+
 ROOT_INO = 1
 NEXT_INO_KEY = ("next_ino",)
+ORPHAN_PREFIX = "orphan"  # misc key ("orphan", ino): unlinked inode still in use

@@ -1,0 +1,261 @@
+"""The FUSE adapter: pyfuse3 `Operations` over the filesystem core.
+
+Promises:
+- A thin translation: every handler calls one core method and converts its
+  result; errors become `pyfuse3.FUSEError` with the errno the core chose.
+- The daemon never dies on a request: any unexpected exception is logged
+  with its traceback and answered with EIO.
+- Lookup counts follow the FUSE protocol (lookup, create, mknod, mkdir,
+  symlink, link and every readdirplus entry but '.' and '..' count one;
+  `forget` gives them back), so unlinked files live exactly as long as the
+  kernel may still use them.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pyfuse3
+
+from .fs import Attr, Ctx, FileSystem, FsError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The kernel's view can be trusted for long: every change goes through this
+# mount, and the kernel invalidates what its own requests change.
+ENTRY_TIMEOUT = 60.0
+ATTR_TIMEOUT = 60.0
+
+
+def handler(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Turn core errors into FUSEError and anything unexpected into EIO plus a log line."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EIO, errno.E2BIG, errno.EFBIG):
+                if exc.errno == errno.EIO:
+                    log.error("%s: I/O error: %s", fn.__name__, exc)
+                raise pyfuse3.FUSEError(exc.errno) from None
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("%s: unexpected error, answering EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _ctx(ctx: pyfuse3.RequestContext | None) -> Ctx:
+    if ctx is None:
+        return Ctx()
+    return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
+
+
+def entry(attr: Attr) -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino = attr.ino
+    e.generation = attr.generation
+    e.entry_timeout = ENTRY_TIMEOUT
+    e.attr_timeout = ATTR_TIMEOUT
+    e.st_mode = attr.mode
+    e.st_nlink = attr.nlink
+    e.st_uid = attr.uid
+    e.st_gid = attr.gid
+    e.st_rdev = attr.rdev
+    e.st_size = attr.size
+    e.st_blksize = attr.blksize
+    e.st_blocks = attr.blocks
+    e.st_atime_ns = attr.atime_ns
+    e.st_mtime_ns = attr.mtime_ns
+    e.st_ctime_ns = attr.ctime_ns
+    return e
+
+
+class PyfsOperations(pyfuse3.Operations):
+    """pyfuse3 handlers; one core call each."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = True
+
+    def __init__(self, fs: FileSystem) -> None:
+        super().__init__()
+        self.fs = fs
+
+    # -- names ---------------------------------------------------------------------
+
+    @handler
+    async def lookup(self, parent_inode, name, ctx=None):
+        return entry(self.fs.lookup(parent_inode, name, _ctx(ctx)))
+
+    @handler
+    async def forget(self, inode_list):
+        for ino, nlookup in inode_list:
+            try:
+                self.fs.forget(ino, nlookup)
+            except Exception:  # forget has no reply: log and go on with the others
+                log.exception("forget(%d, %d) failed", ino, nlookup)
+
+    @handler
+    async def getattr(self, inode, ctx=None):
+        return entry(self.fs.getattr(inode))
+
+    @handler
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        kwargs = {}
+        if fields.update_mode:
+            kwargs["mode"] = attr.st_mode
+        if fields.update_uid:
+            kwargs["uid"] = attr.st_uid
+        if fields.update_gid:
+            kwargs["gid"] = attr.st_gid
+        if fields.update_size:
+            kwargs["size"] = attr.st_size
+        if fields.update_atime:
+            kwargs["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            kwargs["mtime_ns"] = attr.st_mtime_ns
+        return entry(self.fs.setattr(inode, ctx=_ctx(ctx), **kwargs))
+
+    @handler
+    async def readlink(self, inode, ctx):
+        return self.fs.readlink(inode)
+
+    @handler
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return entry(self.fs.mknod(parent_inode, name, mode, rdev, _ctx(ctx)))
+
+    @handler
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return entry(self.fs.mkdir(parent_inode, name, mode, _ctx(ctx)))
+
+    @handler
+    async def unlink(self, parent_inode, name, ctx):
+        self.fs.unlink(parent_inode, name, _ctx(ctx))
+
+    @handler
+    async def rmdir(self, parent_inode, name, ctx):
+        self.fs.rmdir(parent_inode, name, _ctx(ctx))
+
+    @handler
+    async def symlink(self, parent_inode, name, target, ctx):
+        return entry(self.fs.symlink(parent_inode, name, target, _ctx(ctx)))
+
+    @handler
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, _ctx(ctx))
+
+    @handler
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        return entry(self.fs.link(inode, new_parent_inode, new_name, _ctx(ctx)))
+
+    @handler
+    async def access(self, inode, mode, ctx):
+        try:
+            self.fs.access(inode, mode, _ctx(ctx))
+        except FsError as exc:
+            if exc.errno == errno.EACCES:
+                return False
+            raise
+        return True
+
+    # -- files -----------------------------------------------------------------------
+
+    @handler
+    async def open(self, inode, flags, ctx):
+        fh = self.fs.open(inode, flags, _ctx(ctx))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @handler
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        fh, attr = self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry(attr)
+
+    @handler
+    async def read(self, fh, off, size):
+        return self.fs.read(fh, off, size)
+
+    @handler
+    async def write(self, fh, off, buf):
+        return self.fs.write(fh, off, buf)
+
+    @handler
+    async def flush(self, fh):
+        return None
+
+    @handler
+    async def release(self, fh):
+        self.fs.release(fh)
+
+    @handler
+    async def fsync(self, fh, datasync):
+        await self.fs.fsync(fh, datasync)
+
+    # -- directories -----------------------------------------------------------------
+
+    @handler
+    async def opendir(self, inode, ctx):
+        self.fs.getattr(inode)  # ENOENT for a vanished inode
+        return inode
+
+    @handler
+    async def readdir(self, fh, start_id, token):
+        for name, attr, next_id in self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, entry(attr), next_id):
+                return
+            if name not in (b".", b".."):
+                self.fs.remember(attr.ino)
+
+    @handler
+    async def releasedir(self, fh):
+        return None
+
+    @handler
+    async def fsyncdir(self, fh, datasync):
+        await self.fs.fsync(None, datasync)
+
+    # -- extended attributes and the filesystem --------------------------------------------
+
+    @handler
+    async def setxattr(self, inode, name, value, ctx):
+        self.fs.setxattr(inode, name, value)
+
+    @handler
+    async def getxattr(self, inode, name, ctx):
+        return self.fs.getxattr(inode, name)
+
+    @handler
+    async def listxattr(self, inode, ctx):
+        return self.fs.listxattr(inode)
+
+    @handler
+    async def removexattr(self, inode, name, ctx):
+        self.fs.removexattr(inode, name)
+
+    @handler
+    async def statfs(self, ctx):
+        s = self.fs.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = s.block_size
+        out.f_frsize = s.block_size
+        out.f_blocks = s.blocks
+        out.f_bfree = s.blocks_free
+        out.f_bavail = s.blocks_avail
+        out.f_files = s.files
+        out.f_ffree = s.files_free
+        out.f_favail = s.files_free
+        out.f_namemax = s.name_max
+        return out
+
