@@ -209,7 +209,11 @@ class Engine:
             raise ValueError(f"entry of {size} bytes exceeds the limit of {self.store.max_entry}")
 
     def bucket_of(self, addr: int) -> int:
-        return self.sb.bucket_of(addr)
+        """The bucket of a data address; ValueError outside the bucket area."""
+        sb = self.sb
+        if not sb.bucket_offset <= addr < sb.bucket_offset + sb.nbuckets * sb.bucket_size:
+            raise ValueError(f"address {addr:#x} lies outside the bucket area")
+        return sb.bucket_of(addr)
 
     @property
     def max_value_bytes(self) -> int:

@@ -146,6 +146,7 @@ class Transaction:
 
     def delete_raw(self, tree: int, key: bytes) -> None:
         self._check_open()
+        self._source.check_entry(tree, key, b"")
         self._set(tree, key, None)
 
     def delete(self, tree: int, key: Key) -> None:
