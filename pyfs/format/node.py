@@ -71,6 +71,8 @@ def decode_node(raw: bytes, addr: int, seed: int, expect_csum: int | None = None
         keys, values = msgpack.unpackb(raw[HEADER_SIZE:end], raw=False, use_list=True)
         if len(keys) != len(values) or not all(isinstance(k, bytes) for k in keys):
             raise ValueError("keys and values do not match")
+        if any(a >= b for a, b in zip(keys, keys[1:])):
+            raise ValueError("keys out of order")
         if level:
             values = [(int(a), int(c)) for a, c in values]
         elif not all(isinstance(v, bytes) for v in values):
