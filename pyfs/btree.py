@@ -256,6 +256,8 @@ class BTree:
 
     def _dirty_path(self, leaf: Node, path: Path) -> None:
         """Turn every clean node from the root to `leaf` into a dirty one (top down)."""
+        if leaf.dirty:
+            return  # nodes are dirtied top down and cleaned all at once: its ancestors are dirty
         nodes = [n for n, _ in path] + [leaf]
         parent: Node | None = None
         parent_idx = 0
