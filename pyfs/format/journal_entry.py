@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass, field
 
 import msgpack
+import xxhash
 
 from .checksum import checksum
 from .errors import MALFORMED, FormatError
@@ -51,7 +52,7 @@ class JournalEntry:
     last_seq: int
     durable_seq: int
     flags: int = 0
-    keys: list[KeyUpdate] = field(default_factory=list)
+    keys: list[KeyUpdate] | None = field(default_factory=list)  # None: not decoded (scan)
     roots: dict[int, RootPtr] | None = None
     logged_ops: list[tuple[bytes, bytes]] | None = None
 
@@ -79,9 +80,13 @@ def encode_entry(entry: JournalEntry, seed: int) -> bytes:
     return head + _CSUM.pack(checksum(head + body, seed)) + body
 
 
-def decode_entry(buf: bytes | memoryview, pos: int, seed: int) -> tuple[JournalEntry, int] | None:
+def decode_entry(
+    buf: bytes | memoryview, pos: int, seed: int, *, with_keys: bool = True
+) -> tuple[JournalEntry, int] | None:
     """The entry at `pos` and its length, or None if no valid entry starts there.
 
+    With `with_keys=False` the key list is checked for shape only and left
+    empty (`keys` is None): scanning a region decodes no stale keys.
     Never raises on garbage: a torn or stale entry is simply not an entry.
     """
     if pos + HEADER_SIZE > len(buf) or bytes(buf[pos : pos + 4]) != MAGIC:
@@ -91,27 +96,36 @@ def decode_entry(buf: bytes | memoryview, pos: int, seed: int) -> tuple[JournalE
     if end > len(buf):
         return None
     (stored,) = _CSUM.unpack_from(buf, pos + _HEADER.size)
-    head = bytes(buf[pos : pos + _HEADER.size])
-    body = bytes(buf[pos + HEADER_SIZE : end])
-    if checksum(head + body, seed) != stored:
+    view = memoryview(buf)
+    digest = xxhash.xxh3_64(seed=seed)
+    digest.update(view[pos : pos + _HEADER.size])
+    digest.update(view[pos + HEADER_SIZE : end])
+    if digest.intdigest() != stored:
         return None
     try:
-        return _decode_body(seq, body), end - pos
+        return _decode_body(seq, view[pos + HEADER_SIZE : end], with_keys), end - pos
     except (*MALFORMED, msgpack.UnpackException, FormatError):
         return None
 
 
-def _decode_body(seq: int, body: bytes) -> JournalEntry:
-    last_seq, durable_seq, flags, raw_keys, checkpoint = msgpack.unpackb(
-        body, raw=False, strict_map_key=False, use_list=True
-    )
-    keys: list[KeyUpdate] = []
-    for tree, key, value in raw_keys:
-        if not isinstance(tree, int) or not isinstance(key, bytes):
-            raise FormatError("malformed key in journal entry")
-        if value is not None and not isinstance(value, bytes):
-            raise FormatError("malformed value in journal entry")
-        keys.append((tree, key, value))
+def _decode_body(seq: int, body: bytes | memoryview, with_keys: bool) -> JournalEntry:
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, use_list=True, max_buffer_size=len(body) + 1)
+    unpacker.feed(body)
+    if unpacker.read_array_header() != 5:
+        raise FormatError("journal entry body is not a 5-item list")
+    last_seq, durable_seq, flags = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+    keys: list[KeyUpdate] | None = None
+    if with_keys:
+        keys = []
+        for tree, key, value in unpacker.unpack():
+            if not isinstance(tree, int) or not isinstance(key, bytes):
+                raise FormatError("malformed key in journal entry")
+            if value is not None and not isinstance(value, bytes):
+                raise FormatError("malformed value in journal entry")
+            keys.append((tree, key, value))
+    else:
+        unpacker.skip()
+    checkpoint = unpacker.unpack()
     roots = logged = None
     if flags & FLAG_CHECKPOINT:
         raw_roots, raw_logged = checkpoint
