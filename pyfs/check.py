@@ -13,6 +13,10 @@ Checks (the storage-level part of fsck; `fsck.py` adds filesystem checks):
 
 Promise: `check_image` and `check_engine` never raise on a corrupt image;
 every finding is a `Problem`.  An image is healthy iff the list is empty.
+
+fsck hook: `walk_tree` runs only the structural checks of one btree and
+hands every node it reads to a `TreeVisitor`, so fsck reads each node once
+and does the key, value and space checks on its own copy of the keys.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from .btree import BTree, Node, Ptr
 from .device import Device
@@ -27,6 +32,7 @@ from .engine import Engine, EngineOptions
 from .format.errors import FormatError
 from .format.keys import decode_key
 from .format.records import NODE_TREES, AllocInfo, BucketKind, Extent, LoggedOp, Tree
+from .format.superblock import Superblock
 from .superblock_io import read_superblock
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,21 @@ def check_image(device: Device) -> list[Problem]:
     return problems
 
 
+class TreeVisitor(Protocol):
+    """Receives what `walk_tree` reads: every node that loaded, and every leaf's entries."""
+
+    def node(self, tree_id: int, addr: int, level: int) -> None: ...
+
+    def leaf(self, tree_id: int, keys: list[bytes], values: list[bytes]) -> None: ...
+
+
+def walk_tree(sb: Superblock, tree: BTree, visitor: TreeVisitor) -> list[Problem]:
+    """The structural checks of one btree (nodes, order, ranges, depth, key count), no value checks."""
+    checker = _Checker(None, sb=sb, visitor=visitor)
+    checker.check_tree(tree)
+    return checker.problems
+
+
 def check_engine(engine: Engine) -> list[Problem]:
     """Check an open engine's btrees and space accounting (its in-memory state included)."""
     checker = _Checker(engine)
@@ -79,9 +100,10 @@ def check_engine(engine: Engine) -> list[Problem]:
 
 
 class _Checker:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.sb = engine.sb
+    def __init__(self, engine: Engine | None, sb: Superblock | None = None, visitor: TreeVisitor | None = None) -> None:
+        self.engine = engine  # type: ignore[assignment]
+        self.sb = engine.sb if engine is not None else sb
+        self.visitor = visitor
         self.problems: list[Problem] = []
         self.use: dict[int, dict[BucketKind, int]] = {}
         self.ranges: list[tuple[int, int, str]] = []
@@ -118,6 +140,8 @@ class _Checker:
                     self.report("node", where, str(exc))
                     continue
                 self.count_node(ref.addr, where)
+                if self.visitor is not None:
+                    self.visitor.node(tree.tree_id, ref.addr, level)
             else:
                 node = ref
                 if node.level != level:
@@ -137,6 +161,9 @@ class _Checker:
                 nkeys += len(keys)
                 if not keys and depth > 0:
                     self.report("empty-node", where, "empty leaf below the root")
+                if self.visitor is not None:
+                    self.visitor.leaf(tree.tree_id, keys, node.vals)
+                    continue
                 for k, v in zip(keys, node.vals):
                     self.check_entry(tree.tree_id, k, v, where)
                 continue

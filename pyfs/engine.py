@@ -16,6 +16,13 @@ Promises (DESIGN.md invariants 1-5 and 7-8; each is proven by the test named):
   nodes pass their bound, and at close.
 - Any failed write or flush turns the engine read-only: the caller gets EIO,
   later commits get EROFS, and durability is never claimed (invariant 4).
+- fsck hooks (pyfs/fsck/repair.py, proven by tests/test_fsck.py):
+  `EngineOptions(salvage_journal=True)` replays a corrupt journal up to the
+  damaged entry instead of refusing; `Engine.open(..., repair=OpenRepair)`
+  replaces damaged btrees by fresh ones holding the entries fsck could read,
+  stops replay before an entry that cannot be replayed, and corrects bucket
+  counts before the first checkpoint can allocate from them; `close(clean=
+  False)` leaves the image marked as needing a check.
 """
 
 from __future__ import annotations
@@ -52,6 +59,28 @@ class EngineOptions:
     dirty_limit: int = 4096           # dirty nodes that trigger a checkpoint
     checkpoint_fill: float = 0.5      # journal fill that triggers a checkpoint
     reserve_buckets: int | None = None
+    salvage_journal: bool = False     # fsck: replay up to a damaged entry instead of refusing
+
+
+@dataclass
+class OpenRepair:
+    """What fsck changes while it opens an image for repair (see `Engine.open`).
+
+    - `rebuild`: btrees to replace by a fresh tree holding these (key, value)
+      entries, the ones still readable in the checkpoint's damaged tree;
+      replay then applies the journal on top as usual.
+    - `replay_until`: replay stops before the entry with this seq.
+    - `alloc`: alloc values applied after replay and before the first
+      checkpoint, so that it never allocates from a bucket that is in use.
+    - `scan`: the journal scan fsck already made of this device (nothing
+      was written since), so the open need not read the journal again.
+    All of it reaches the disk only with the checkpoint that ends the open.
+    """
+
+    rebuild: dict[int, list[tuple[bytes, bytes]]] = field(default_factory=dict)
+    replay_until: int | None = None
+    alloc: dict[int, AllocInfo] = field(default_factory=dict)
+    scan: ScanResult | None = None
 
 
 @dataclass
@@ -122,17 +151,25 @@ class Engine:
         return eng
 
     @classmethod
-    def open(cls, device: Device, options: EngineOptions | None = None) -> "Engine":
+    def open(cls, device: Device, options: EngineOptions | None = None, repair: OpenRepair | None = None) -> "Engine":
         """Open an image: read the superblock, replay the journal, checkpoint if replay happened."""
         sb, notes = read_superblock(device)
         eng = cls(device, sb, options or EngineOptions())
         eng.notes.extend(notes)
-        scan = scan_journal(device, sb, eng.seed)
+        if repair is not None and repair.scan is not None:
+            scan = repair.scan
+        else:
+            scan = scan_journal(device, sb, eng.seed, salvage=eng.options.salvage_journal)
         eng.journal_scan = scan
         eng.notes.extend(scan.problems)
+        if scan.corruption is not None:
+            eng.notes.append(f"journal salvaged: {scan.corruption}; dropped entries {scan.dropped}")
         ckpt = scan.checkpoint
         roots = ckpt.roots or {}
         for tree in NODE_TREES:
+            if repair is not None and tree in repair.rebuild:
+                eng.trees[tree] = eng._rebuilt_tree(tree, repair.rebuild[tree])
+                continue
             root = roots.get(int(tree))
             if root is None:
                 raise FormatError(f"checkpoint {ckpt.seq} has no root for btree {tree.name}")
@@ -140,8 +177,15 @@ class Engine:
         eng.logged_ops = dict(ckpt.logged_ops or [])
         eng._load_alloc()
         for loc in scan.chain[1:]:
+            if repair is not None and repair.replay_until is not None and loc.entry.seq >= repair.replay_until:
+                break
             eng.apply_keys(loc.entry.keys, loc.entry.seq)
             eng.replayed_entries += 1
+        if repair is not None and repair.alloc:
+            eng.apply_keys(
+                [(Tree.ALLOC, encode_key((b,)), info.encode()) for b, info in sorted(repair.alloc.items())],
+                scan.last_seq,
+            )
         eng.journal = JournalWriter(
             device, sb.journal_offset, sb.journal_size, eng.seed,
             next_seq=scan.max_seq_seen + 1,
@@ -152,9 +196,19 @@ class Engine:
         )
         if scan.dropped:
             eng.notes.append(f"journal: torn tail at seq {scan.torn_at}, dropped unacknowledged entries {scan.dropped}")
-        if not eng.read_only and (len(scan.chain) > 1 or scan.max_seq_seen != scan.last_seq):
+        if not eng.read_only and (len(scan.chain) > 1 or scan.max_seq_seen != scan.last_seq or repair is not None):
             eng.checkpoint()
         return eng
+
+    def _rebuilt_tree(self, tree: int, entries: list[tuple[bytes, bytes]]) -> BTree:
+        """A fresh in-memory btree holding `entries` (fsck's rebuild of a damaged tree)."""
+        fresh = BTree.empty(tree, self.store)
+        for key, value in sorted(entries):
+            try:
+                fresh.insert(key, value)
+            except ValueError as exc:  # an entry no node can hold: it cannot be kept
+                self.notes.append(f"rebuilding btree {Tree(tree).name}: dropped key {key!r}: {exc}")
+        return fresh
 
     def _load_alloc(self) -> None:
         for key, raw in self.trees[Tree.ALLOC].scan():
@@ -477,13 +531,17 @@ class Engine:
 
     # -- closing and statistics --------------------------------------------------
 
-    def close(self) -> None:
-        """Clean close: a final checkpoint (when writable), so the next open replays nothing."""
+    def close(self, clean: bool = True) -> None:
+        """Clean close: a final checkpoint (when writable), so the next open replays nothing.
+
+        `clean=False` (fsck leaving problems behind) writes the final
+        checkpoint without the CLEAN flag, so the next fsck checks in full.
+        """
         if self.closed:
             return
         try:
             if not self.read_only and self.failed is None:
-                self.checkpoint(clean=True)
+                self.checkpoint(clean=clean)
         finally:
             self.closed = True
             self.device.close()

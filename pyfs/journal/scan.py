@@ -10,6 +10,9 @@ Promises (DESIGN.md invariants 1, 2, 5):
   fsck must decide.  Otherwise it is a torn tail from a crash: the entries
   after it were never acknowledged and are dropped.
 - Garbage never raises anything but `JournalCorrupt`.
+- fsck's salvage mode (`salvage=True`) replays up to the damaged entry
+  instead of refusing, and says so in `ScanResult.corruption`; an image
+  without any valid checkpoint still raises.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class ScanResult:
     dropped: list[int] = field(default_factory=list)  # valid seqs after the torn tail
     torn_at: int | None = None    # first missing seq, when entries after it were dropped
     problems: list[str] = field(default_factory=list)  # oddities that are not corruption
+    corruption: str | None = None  # salvage only: why the chain was cut short
 
     @property
     def checkpoint(self) -> JournalEntry:
@@ -78,16 +82,21 @@ def find_entries(region: bytes, seed: int) -> list[Located]:
     return found
 
 
-def scan_journal(device: Device, sb: Superblock, seed: int) -> ScanResult:
+def scan_journal(device: Device, sb: Superblock, seed: int, salvage: bool = False) -> ScanResult:
     try:
         region = device.pread(sb.journal_offset, sb.journal_size)
     except OSError as exc:
         raise JournalCorrupt(f"cannot read the journal: {exc}") from None
-    return plan_replay(find_entries(region, seed))
+    return plan_replay(find_entries(region, seed), salvage)
 
 
-def plan_replay(found: list[Located]) -> ScanResult:
-    """Choose the replay chain among the valid entries found in the region."""
+def plan_replay(found: list[Located], salvage: bool = False) -> ScanResult:
+    """Choose the replay chain among the valid entries found in the region.
+
+    With `salvage` (fsck only), a corrupt chain is cut before the first entry
+    that cannot be replayed; the valid entries after it are dropped and the
+    reason is kept in `corruption`.
+    """
     if not found:
         raise JournalCorrupt("the journal holds no valid entry (not even a checkpoint)")
     by_seq: dict[int, Located] = {}
@@ -106,16 +115,22 @@ def plan_replay(found: list[Located]) -> ScanResult:
     max_seen = max(by_seq)
     chain = [by_seq[start]]
     seq = start + 1
+    corruption: str | None = None
     while seq in by_seq:
         entry = by_seq[seq].entry
         if entry.last_seq > seq or entry.last_seq < start:
-            raise JournalCorrupt(f"journal entry {seq} names checkpoint {entry.last_seq}, outside the chain from {start}")
+            corruption = f"journal entry {seq} names checkpoint {entry.last_seq}, outside the chain from {start}"
+            if not salvage:
+                raise JournalCorrupt(corruption)
+            break
         chain.append(by_seq[seq])
         seq += 1
-    dropped = sorted(s for s in by_seq if s > seq)
-    if seq <= proven:
-        raise JournalCorrupt(
+    dropped = sorted(s for s in by_seq if s > seq or (corruption is not None and s == seq))
+    if corruption is None and seq <= proven:
+        corruption = (
             f"journal entry {seq} is missing or damaged, but a later entry proves it was written "
             f"(durable up to {proven}); run fsck"
         )
-    return ScanResult(chain, max_seen, dropped, seq if dropped else None, problems)
+        if not salvage:
+            raise JournalCorrupt(corruption)
+    return ScanResult(chain, max_seen, dropped, seq if dropped else None, problems, corruption)

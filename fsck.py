@@ -1,0 +1,3 @@
+from pyfs.fsck_cli import main
+
+raise SystemExit(main())
