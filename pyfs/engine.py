@@ -179,8 +179,10 @@ class Engine:
         for loc in scan.chain[1:]:
             if repair is not None and repair.replay_until is not None and loc.entry.seq >= repair.replay_until:
                 break
-            eng.apply_keys(loc.entry.keys, loc.entry.seq)
+            eng.apply_keys(loc.keys(), loc.entry.seq)
             eng.replayed_entries += 1
+        for loc in scan.chain:
+            loc.source = None  # the region bytes are not needed after replay
         if repair is not None and repair.alloc:
             eng.apply_keys(
                 [(Tree.ALLOC, encode_key((b,)), info.encode()) for b, info in sorted(repair.alloc.items())],

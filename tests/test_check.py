@@ -370,7 +370,7 @@ def test_a_damaged_entry_proven_flushed_by_a_later_one_refuses_open_and_asks_for
 def test_a_damaged_last_entry_is_a_torn_tail_dropped_without_a_problem(healthy):
     engine, image = crashed_with_entries(healthy)
     last = journal_entries(engine, image)[-1]
-    assert last.entry.keys == [(Tree.INODES, encode_key((5004,)), b"entry 4")]
+    assert last.keys() == [(Tree.INODES, encode_key((5004,)), b"entry 4")]
     image[engine.sb.journal_offset + last.offset + last.length - 3] ^= 0x80
 
     assert check_image(FaultDevice(image)) == []

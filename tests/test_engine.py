@@ -204,9 +204,9 @@ def test_a_commit_appends_exactly_one_journal_entry_whatever_the_number_of_keys(
             t.delete(Tree.MISC, ("absent",))
     assert t.seq == seq + 1 == engine.journal.last_committed_seq
     engine.flush()
-    entries = [loc.entry for loc in journal_entries(engine, dev.durable_image()) if loc.entry.seq > seq]
-    assert [e.seq for e in entries] == [seq + 1]
-    assert len(entries[0].keys) == nkeys + (nkeys > 1)
+    entries = [loc for loc in journal_entries(engine, dev.durable_image()) if loc.entry.seq > seq]
+    assert [e.entry.seq for e in entries] == [seq + 1]
+    assert len(entries[0].keys()) == nkeys + (nkeys > 1)
 
 
 def test_an_empty_transaction_commits_nothing():

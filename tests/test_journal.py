@@ -506,8 +506,9 @@ def test_a_logged_op_survives_checkpoints_and_reopens_and_never_reaches_a_node()
     image = dev.durable_image()
     assert_not_in_any_node(eng, image)
     # Its own entry is overwritten: only checkpoints carry it now.
-    found = [l.entry for l in journal_entries(eng, image)]
-    assert not [e for e in found if any(v is not None and MARKER in v for _, _, v in e.keys)]
+    located = journal_entries(eng, image)
+    found = [l.entry for l in located]
+    assert not [l for l in located if any(v is not None and MARKER in v for _, _, v in l.keys())]
     assert [e for e in found if e.is_checkpoint and any(MARKER in v for _, v in e.logged_ops)]
 
     eng, dev = reopen(dev)  # a crash right after the last checkpoint

@@ -272,7 +272,8 @@ def _replay(img: ImageRead, out: TreesRead, max_entry: int) -> None:
     """Apply the journal chain to the keys, stopping before an entry the engine could not replay."""
     for loc in img.journal.chain[1:]:
         entry = loc.entry
-        reason = next((r for r in (_unreplayable(k, max_entry) for k in entry.keys) if r), None)
+        keys = loc.keys()
+        reason = next((r for r in (_unreplayable(k, max_entry) for k in keys) if r), None)
         if reason is not None:
             rest = img.journal.last_seq - entry.seq
             out.findings.append(Finding(
@@ -280,12 +281,12 @@ def _replay(img: ImageRead, out: TreesRead, max_entry: int) -> None:
                 fix=f"replay up to entry {entry.seq - 1} and drop it and the {rest} entries after it",
                 action=lambda rep, seq=entry.seq: rep.plan_replay_until(seq)))
             return
-        for tree, key, value in entry.keys:
-            keys = out.raw[tree]
+        for tree, key, value in keys:
+            tree_keys = out.raw[tree]
             if value is None:
-                keys.pop(key, None)
+                tree_keys.pop(key, None)
             else:
-                keys[key] = value
+                tree_keys[key] = value
         out.replayed += 1
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ..device import Device
 from ..format.errors import FormatError
-from ..format.journal_entry import MAGIC, JournalEntry, decode_entry
+from ..format.journal_entry import MAGIC, JournalEntry, KeyUpdate, decode_entry
 from ..format.superblock import Superblock
 
 SECTOR = 512
@@ -33,9 +33,24 @@ class JournalCorrupt(FormatError):
 
 @dataclass
 class Located:
+    """A valid entry found in the region.  The scan decodes headers only;
+    `keys()` decodes the key list when replay needs it, one entry at a time,
+    so memory does not grow with the stale part of the region."""
+
     entry: JournalEntry
     offset: int  # relative to the start of the journal region
     length: int
+    source: bytes | None = None  # the region it was found in (for `keys`)
+    seed: int = 0
+
+    def keys(self) -> list[KeyUpdate]:
+        if self.entry.keys is not None:
+            return self.entry.keys
+        assert self.source is not None
+        decoded = decode_entry(self.source, self.offset, self.seed)
+        if decoded is None or decoded[0].keys is None:
+            raise JournalCorrupt(f"journal entry {self.entry.seq} changed while it was being read")
+        return decoded[0].keys
 
 
 @dataclass
@@ -72,12 +87,12 @@ def find_entries(region: bytes, seed: int) -> list[Located]:
     found: list[Located] = []
     pos = region.find(MAGIC)
     while pos >= 0:
-        decoded = decode_entry(region, pos, seed)
+        decoded = decode_entry(region, pos, seed, with_keys=False)
         if decoded is None:
             pos = region.find(MAGIC, pos + 1)
             continue
         entry, length = decoded
-        found.append(Located(entry, pos, length))
+        found.append(Located(entry, pos, length, region, seed))
         pos = region.find(MAGIC, pos + length)
     return found
 
