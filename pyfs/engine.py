@@ -322,8 +322,10 @@ class Engine:
         space = self.space
         if space.empty - len(space.open) > max(1, space.reserve // 2):
             return
-        puts = sum(1 for _, _, v in updates if v is not None)
-        if puts > len(updates) - puts:
+        # Updating a key grows nothing; only keys that are new count.
+        added = sum(1 for tree, key, v in updates if v is not None and self.read(tree, key) is None)
+        removed = sum(1 for _, _, v in updates if v is None)
+        if added > removed:
             raise NoSpace("no space left for metadata")
 
     # -- data regions ----------------------------------------------------------
@@ -471,6 +473,9 @@ class Engine:
 
     def _checkpoint_locked(self, journal: JournalWriter, clean: bool) -> int:
         sb = self.sb
+        # Space emptied by committed transactions is usable for nodes only
+        # once they are durable: make them so first.
+        self._flush_locked(journal)
         seq = journal.next_seq  # the checkpoint entry's seq: nothing else appends meanwhile
         alloc = self.trees[Tree.ALLOC]
         # 1. Give every dirty node an address.  Recording the space used and

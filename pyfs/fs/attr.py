@@ -48,7 +48,8 @@ class Attr:
             gid=inode.gid,
             rdev=inode.rdev,
             size=inode.size,
-            blocks=(inode.data_bytes + 511) // 512,
+            # ext4 allocates whole 4 KiB blocks; st_blocks counts them in 512-byte units.
+            blocks=-(-inode.data_bytes // BLOCK_SIZE) * (BLOCK_SIZE // 512),
             atime_ns=inode.atime_ns,
             mtime_ns=inode.mtime_ns,
             ctime_ns=inode.ctime_ns,

@@ -4,7 +4,9 @@ Promises:
 - Every operation is one transaction (DESIGN.md invariant 1): all the keys
   it changes (inodes, dirents, extents, bucket counts, orphan and logged-op
   keys) commit as one journal entry, or nothing does.  Operations too big
-  for one entry run as logged operations (pyfs/fs/longops.py).
+  for one entry run as logged operations (pyfs/fs/longops.py); a write over
+  more extents than one entry can drop commits in pieces, in file order
+  (a torn write after a crash, never a hole).
 - Errors are `FsError` with the errno ext4 gives for the same call.
 - Inode numbers come from a counter key updated in the creating
   transaction and are never reused.
@@ -100,8 +102,11 @@ class FileSystem:
         with self.engine.transaction() as t:
             found = [ino for (_, ino), _ in t.scan(Tree.MISC, prefix=(ORPHAN_PREFIX,))]
         for ino in found:
-            self._delete_inode(ino)
-            orphans += 1
+            try:
+                self._delete_inode(ino)
+                orphans += 1
+            except OSError as exc:  # e.g. ENOSPC: the orphan key keeps it for the next mount
+                log.error("mount: could not delete orphan inode %d: %s", ino, exc)
         if resumed or orphans:
             log.info("mount: finished %d interrupted operations, deleted %d orphans", resumed, orphans)
         return resumed, orphans
@@ -179,13 +184,21 @@ class FileSystem:
         return inode
 
     def _reap_if_unused(self, ino: int) -> None:
-        """Delete an orphan once nothing refers to it any more."""
+        """Delete an orphan once nothing refers to it any more.
+
+        Runs after the caller's operation has committed, so a failure here
+        must not be reported as that operation's failure: the orphan key
+        (and the logged op, once started) make the next mount finish the job.
+        """
         if self._in_use(ino) or self.read_only:
             return
         with self._view() as t:
             is_orphan = t.get(Tree.MISC, (ORPHAN_PREFIX, ino)) is not None
         if is_orphan:
-            self._delete_inode(ino)
+            try:
+                self._delete_inode(ino)
+            except OSError as exc:
+                log.error("deleting orphan inode %d failed, the next mount will: %s", ino, exc)
 
     def _delete_inode(self, ino: int) -> None:
         with self.engine.transaction() as t:
@@ -277,7 +290,9 @@ class FileSystem:
             if uid is not None or gid is not None:
                 new_uid = inode.uid if uid is None else uid
                 new_gid = inode.gid if gid is None else gid
-                if (new_uid, new_gid) != (inode.uid, inode.gid) and not stat.S_ISDIR(inode.mode):
+                # Like chown(2) on Linux: any chown of a non-directory drops setuid
+                # (and setgid when group-executable), even to the same owner or by root.
+                if not stat.S_ISDIR(inode.mode):
                     kill = stat.S_ISUID
                     if inode.mode & stat.S_IXGRP:
                         kill |= stat.S_ISGID
@@ -374,8 +389,12 @@ class FileSystem:
 
     def mknod(self, parent: int, name: bytes, mode: int, rdev: int = 0, ctx: Ctx = ROOT_CTX) -> Attr:
         kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind == stat.S_IFDIR:
+            raise FsError(errno.EPERM)
         if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK):
             raise FsError(errno.EINVAL)
+        if kind not in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = 0  # only device nodes have a device number (ext4's init_special_inode)
         return self._create_node(parent, name, kind | (mode & 0o7777), ctx, rdev)
 
     def mkdir(self, parent: int, name: bytes, mode: int, ctx: Ctx = ROOT_CTX) -> Attr:
@@ -400,13 +419,14 @@ class FileSystem:
         now = time.time_ns()
         with self._txn() as t:
             inode = self._inode(t, ino)
-            if stat.S_ISDIR(inode.mode):
-                raise FsError(errno.EPERM)
             pinode = self._dir(t, new_parent)
             if pinode.nlink == 0:
                 raise FsError(errno.ENOENT)
+            # Linux looks the new name up before it asks whether the inode may be linked.
             if self._entry(t, new_parent, new_name) is not None:
                 raise FsError(errno.EEXIST)
+            if stat.S_ISDIR(inode.mode):
+                raise FsError(errno.EPERM)
             if inode.nlink >= LINK_MAX:
                 raise FsError(errno.EMLINK)
             if inode.nlink == 0:
@@ -543,6 +563,33 @@ class FileSystem:
             raise FsError(errno.EFBIG)
         if not data:
             return 0
+        view = memoryview(data)
+        written = 0
+        for lo, hi in self._write_pieces(ino, offset, offset + len(data)):
+            try:
+                self._write_piece(ino, lo, bytes(view[lo - offset : hi - offset]), ctx)
+            except OSError:
+                if written:
+                    return written  # pieces before this one are in: a short write, as write(2) reports it
+                raise
+            written += hi - lo
+        return written
+
+    def _write_pieces(self, ino: int, start: int, end: int) -> list[tuple[int, int]]:
+        """[start, end) cut so that no piece replaces more than STEP_EXTENTS extents.
+
+        A write is one transaction unless it covers more extents than one
+        journal entry can drop (a file grown by many tiny appends); then it
+        commits piece by piece in file order, so a crash leaves every byte
+        old or new, as a torn write on ext4 does, and never a hole.
+        """
+        with self._view() as t:
+            offsets = [off for off, _ in filedata.extents_in(t, ino, start, end)]
+        cuts = offsets[longops.STEP_EXTENTS :: longops.STEP_EXTENTS]
+        bounds = [start, *cuts, end]
+        return list(zip(bounds, bounds[1:]))
+
+    def _write_piece(self, ino: int, offset: int, data: bytes, ctx: Ctx | None) -> None:
         now = time.time_ns()
         with self._txn() as t:
             inode = self._inode(t, ino)
@@ -557,7 +604,6 @@ class FileSystem:
             self._put(t, ino, replace(
                 inode, size=max(inode.size, offset + len(data)), mtime_ns=now, ctime_ns=now, mode=mode,
                 data_bytes=inode.data_bytes + change.data_bytes))
-        return len(data)
 
     async def fsync(self, fh: int | None = None, datasync: bool = False) -> None:
         """Make the file (and every operation before) durable (invariant 6)."""
@@ -579,6 +625,8 @@ class FileSystem:
         """
         with self._view() as t:
             inode = self._dir(t, ino)
+            if inode.nlink == 0:
+                raise FsError(errno.ENOENT)  # a removed directory, as Linux's IS_DEADDIR check
             if cookie < 1:
                 yield b".", Attr.of(ino, inode), 1
             if cookie < 2:
@@ -631,9 +679,12 @@ class FileSystem:
         eng = self.engine
         sb = eng.sb
         total = sb.nbuckets * sb.bucket_size
-        used = sum(eng.space.live)
-        free = max(0, total - used)
-        avail = max(0, free - eng.space.reserve * sb.bucket_size)
+        # Space comes back a bucket at a time, once no live byte is left in it
+        # (allocation rounds every region up to a block, and nothing compacts
+        # partly dead buckets), so the free space writes can use is the empty
+        # buckets, not the total minus live bytes.
+        free = eng.space.empty * sb.bucket_size
+        avail = max(0, eng.space.empty - eng.space.reserve) * sb.bucket_size
         inodes = eng.trees[Tree.INODES].nkeys
         files_free = avail // BLOCK_SIZE
         return StatFs(

@@ -65,10 +65,11 @@ def _step(t: Transaction, op: LoggedOp) -> bool:
     """One step; True when the operation is complete."""
     ino = int(op.args["ino"])
     keep = int(op.args.get("size", 0)) if op.kind == OP_TRUNCATE else 0
-    removed = 0
+    removed = 0  # bytes
+    extents = 0
     finished = True
     for (_, off), raw in t.scan(Tree.EXTENTS, (ino, keep), (ino + 1, 0), reverse=True):
-        if removed >= STEP_EXTENTS:
+        if extents >= STEP_EXTENTS:
             finished = False
             break
         ext = Extent.decode(raw)
@@ -76,6 +77,7 @@ def _step(t: Transaction, op: LoggedOp) -> bool:
         if ext.inline is None:
             t.adjust_bucket_usage(ext.addr, -ext.length)
         removed += ext.length
+        extents += 1
     inode_raw = t.get(Tree.INODES, (ino,))
     if inode_raw is not None and removed:
         inode = Inode.decode(inode_raw)

@@ -72,6 +72,10 @@ def rename(fs: "FileSystem", old_parent: int, old_name: bytes, new_parent: int, 
             return None  # two names of one file: POSIX says do nothing
         if src_dir and _is_ancestor(fs, t, src.ino, new_parent):
             raise FsError(errno.EINVAL)
+        # Replacing a directory on the way from the root to the source: Linux
+        # refuses this before it compares the two types.
+        if dst is not None and old_parent != new_parent and _is_ancestor(fs, t, dst.ino, old_parent):
+            raise FsError(errno.ENOTEMPTY)
         if np.nlink == 0:
             raise FsError(errno.ENOENT)
         dst_inode: Inode | None = None

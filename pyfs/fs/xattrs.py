@@ -30,11 +30,13 @@ def _chunk_size(engine: Engine) -> int:
 NAMESPACES = (b"user.", b"trusted.", b"security.")
 
 
+def _check_name_length(name: bytes) -> None:
+    if not name or len(name) > XATTR_NAME_MAX:
+        raise FsError(errno.ERANGE)  # what Linux's setxattr/getxattr give for both
+
+
 def _check_name(name: bytes) -> None:
-    if not name:
-        raise FsError(errno.EINVAL)
-    if len(name) > XATTR_NAME_MAX:
-        raise FsError(errno.ERANGE)
+    _check_name_length(name)
     # POSIX ACLs (system.posix_acl_*) are not supported: refusing them makes
     # cp/tar fall back to chmod instead of storing an ACL nobody enforces.
     if not name.startswith(NAMESPACES):
@@ -62,9 +64,10 @@ def names(t: Transaction, ino: int) -> list[bytes]:
 
 
 def put(t: Transaction, engine: Engine, ino: int, name: bytes, value: bytes, flags: int) -> None:
-    _check_name(name)
+    _check_name_length(name)
     if len(value) > XATTR_SIZE_MAX:
-        raise FsError(errno.E2BIG)
+        raise FsError(errno.E2BIG)  # Linux checks the size before it looks at the namespace
+    _check_name(name)
     old = _chunks(t, ino, name)
     if flags & XATTR_CREATE and old:
         raise FsError(errno.EEXIST)
