@@ -201,9 +201,11 @@ class FileSystem:
                 log.error("deleting orphan inode %d failed, the next mount will: %s", ino, exc)
 
     def _delete_inode(self, ino: int) -> None:
+        """Delete an inode and all it owns: in one transaction when small, else as a logged op."""
         with self.engine.transaction() as t:
-            longops.start_delete(t, ino)
-        longops.run(self.engine, longops.OP_DELETE, ino)
+            small = longops.delete_small(t, ino)
+        if not small:
+            longops.run(self.engine, longops.OP_DELETE, ino)
         self.regions.clear()
 
     @staticmethod
@@ -633,19 +635,12 @@ class FileSystem:
                 parent = inode.parent or ROOT_INO
                 yield b"..", Attr.of(parent, self._inode(t, parent)), 2
             start = max(cookie + 1, FIRST_COOKIE)
-        while True:
-            batch: list[tuple[bytes, int, int]] = []
-            with self._view() as t:
-                for (_, h, name), raw in t.scan(Tree.DIRENTS, (ino, start), (ino + 1, 0)):
-                    batch.append((name, Dirent.decode(raw).ino, h))
-                    if len(batch) >= 128:
-                        break
-                attrs = [Attr.of(child, self._inode(t, child)) for _, child, _ in batch]
-            for (name, _child, h), attr in zip(batch, attrs):
-                yield name, attr, h
-            if len(batch) < 128:
-                return
-            start = batch[-1][2] + 1
+        # Lazily, one entry at a time: the kernel's buffer usually takes a few
+        # dozen entries per call, so loading more inodes would be wasted.
+        with self._view() as t:
+            for (_, h, name), raw in t.scan(Tree.DIRENTS, (ino, start), (ino + 1, 0)):
+                child = Dirent.decode(raw).ino
+                yield name, Attr.of(child, self._inode(t, child)), h
 
     # -- extended attributes -----------------------------------------------------------
 

@@ -43,6 +43,18 @@ def start_delete(t: Transaction, ino: int) -> None:
     t.put(Tree.LOGGED_OPS, op_key(OP_DELETE, ino), LoggedOp(OP_DELETE, {"ino": ino}).encode())
 
 
+def delete_small(t: Transaction, ino: int) -> bool:
+    """Delete inode `ino` with all it owns inside `t` if one step suffices.
+
+    Otherwise `t` holds the first step and the logged op that carries on
+    (`run` finishes it); returns False then.
+    """
+    if _step(t, LoggedOp(OP_DELETE, {"ino": ino})):
+        return True
+    start_delete(t, ino)
+    return False
+
+
 def run(engine: Engine, kind: str, ino: int) -> None:
     """Carry the logged operation `(kind, ino)` to its end, one transaction per step."""
     while True:
