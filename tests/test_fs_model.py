@@ -643,6 +643,8 @@ class FsMachine(RuleBasedStateMachine):
         self.expect(None, self.fs.unlink, *entry)
         del self.model.nodes[entry[0]].children[entry[1]]
         node.nlink -= 1
+        # The unlink and the write are two transactions: a crash may land between them.
+        self.history.append((self.seq(), copy.deepcopy(self.model)))
         rng = random.Random(seed)
         payload = rng.randbytes(rng.choice([10, 3000, 150_000]))
         offset = rng.randint(0, len(node.data) + 10)
