@@ -130,10 +130,9 @@ class BucketSpace:
         self.open.pop(kind, None)
         n = self.sb.nbuckets
         keep = self.reserve if kind == BucketKind.DATA else 0
-        # `empty` also counts buckets whose emptying is not durable yet; near
-        # the reserve, count the ones a checkpoint could really use.
-        if keep and (self.empty - len(self.open) <= keep or
-                     (self.empty - len(self.open) <= 2 * keep + 8 and self.free_count(durable_seq) <= keep)):
+        # `empty` also counts buckets whose emptying is not durable yet: a
+        # checkpoint makes those durable before it allocates nodes.
+        if keep and self.empty - len(self.open) <= keep:
             raise NoSpace()
         for step in range(n):
             b = (self._scan_from + step) % n

@@ -404,7 +404,6 @@ class Engine:
         try:
             journal.run_flush(job, data)
         except OSError as exc:
-            journal.failed = exc
             self._fail(exc)
             raise OSError(errno.EIO, f"flush failed: {exc}") from exc
         journal.complete_flush(job)
@@ -516,7 +515,6 @@ class Engine:
             self.device.flush()
             self._data_unsynced = False
         except OSError as exc:
-            journal.failed = exc
             self._fail(exc)
             raise OSError(errno.EIO, f"checkpoint failed: {exc}") from exc
         # 3. The checkpoint entry, written after the nodes it names.

@@ -150,6 +150,14 @@ class FileSystem:
         raw = t.get(Tree.DIRENTS, (dir_ino, name_hash(name), name))
         return Dirent.decode(raw) if raw is not None else None
 
+    def _named(self, t: Transaction, parent: int, name: bytes) -> tuple[Inode, Dirent, Inode]:
+        """The directory `parent`, its entry `name` and the inode it names (ENOENT if absent)."""
+        pinode = self._dir(t, parent)
+        entry = self._entry(t, parent, name)
+        if entry is None:
+            raise FsError(errno.ENOENT)
+        return pinode, entry, self._inode(t, entry.ino)
+
     @staticmethod
     def _link_entry(t: Transaction, dir_ino: int, name: bytes, ino: int, mode: int) -> None:
         t.put(Tree.DIRENTS, (dir_ino, name_hash(name), name), Dirent(ino, _dtype(mode)).encode())
@@ -446,11 +454,7 @@ class FileSystem:
         check_name(name)
         now = time.time_ns()
         with self._txn() as t:
-            pinode = self._dir(t, parent)
-            entry = self._entry(t, parent, name)
-            if entry is None:
-                raise FsError(errno.ENOENT)
-            inode = self._inode(t, entry.ino)
+            pinode, entry, inode = self._named(t, parent, name)
             if stat.S_ISDIR(inode.mode):
                 raise FsError(errno.EISDIR)
             self._unlink_entry(t, parent, name)
@@ -466,11 +470,7 @@ class FileSystem:
             raise FsError(errno.ENOTEMPTY)
         now = time.time_ns()
         with self._txn() as t:
-            pinode = self._dir(t, parent)
-            entry = self._entry(t, parent, name)
-            if entry is None:
-                raise FsError(errno.ENOENT)
-            inode = self._inode(t, entry.ino)
+            pinode, entry, inode = self._named(t, parent, name)
             if not stat.S_ISDIR(inode.mode):
                 raise FsError(errno.ENOTDIR)
             if not self._is_empty_dir(t, entry.ino):
@@ -566,10 +566,12 @@ class FileSystem:
         if not data:
             return 0
         view = memoryview(data)
+        pieces = self._write_pieces(ino, offset, offset + len(data))
         written = 0
-        for lo, hi in self._write_pieces(ino, offset, offset + len(data)):
+        for lo, hi in pieces:
             try:
-                self._write_piece(ino, lo, bytes(view[lo - offset : hi - offset]), ctx)
+                piece = data if len(pieces) == 1 else bytes(view[lo - offset : hi - offset])
+                self._write_piece(ino, lo, piece, ctx)
             except OSError:
                 if written:
                     return written  # pieces before this one are in: a short write, as write(2) reports it

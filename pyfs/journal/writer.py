@@ -7,8 +7,8 @@ Promises (DESIGN.md invariants 1, 3, 4, 6):
 - A flush first flushes the device (data written before it reaches the disk
   before the entries that point at it), then writes the entries, then
   flushes again; only then is `durable_seq` raised.  A failed write or flush
-  leaves `durable_seq` where it was and marks the writer failed: it never
-  reports durability it does not have.
+  leaves `durable_seq` where it was (the engine then turns read-only): it
+  never reports durability it does not have.
 - Journal space from the newest durable checkpoint onward is never
   overwritten; appends that would need it raise `JournalFull` (the engine
   checkpoints long before, when the journal is half full).
@@ -39,7 +39,6 @@ class FlushJob:
     chunks: list[tuple[int, bytes]] = field(default_factory=list)
     last_seq: int = 0
     checkpoint_vpos: int | None = None  # virtual offset of the newest checkpoint written by this job
-    end_vpos: int = 0
 
 
 class JournalWriter:
@@ -69,11 +68,8 @@ class JournalWriter:
         self.tail_vpos = checkpoint_offset + (tail_offset - checkpoint_offset) % region_size
         if self.tail_vpos == self.reclaim_vpos and tail_offset != checkpoint_offset:
             self.tail_vpos += region_size
-        self._flushed_vpos = self.tail_vpos  # end of what has been handed to a flush
         self._buffer: list[tuple[int, bytes]] = []  # (vpos, entry bytes) not yet handed to a flush
         self._pending_checkpoints: list[tuple[int, int]] = []  # (seq, vpos) appended, not yet durable
-        self.failed: OSError | None = None
-        self.entries_written = 0
         self.bytes_written = 0
         # Space kept back for the checkpoint entry that frees the journal.
         self.reserve = min(region_size // 4, 256 << 10)
@@ -120,9 +116,6 @@ class JournalWriter:
             self._pending_checkpoints.append((seq, pos))
         return entry
 
-    def fits(self, nbytes: int) -> bool:
-        return self._place(nbytes) + nbytes - self.reclaim_vpos <= self.region_size - self.reserve
-
     @property
     def has_pending(self) -> bool:
         return bool(self._buffer)
@@ -150,7 +143,6 @@ class JournalWriter:
         self._buffer = []
         # The next flush starts on a fresh sector.
         self.tail_vpos += -self.tail_vpos % SECTOR
-        job.end_vpos = self.tail_vpos
         if self._pending_checkpoints:
             job.checkpoint_vpos = self._pending_checkpoints[-1][1]
         self._pending_checkpoints = []
@@ -175,17 +167,3 @@ class JournalWriter:
         self.durable_seq = max(self.durable_seq, job.last_seq)
         if job.checkpoint_vpos is not None:
             self.reclaim_vpos = job.checkpoint_vpos
-        self._flushed_vpos = job.end_vpos
-
-    def flush(self, data_pending: bool = True) -> int:
-        """Write and flush everything buffered; returns the durable seq."""
-        if self.failed is not None:
-            raise OSError(errno.EIO, f"journal unusable after an earlier I/O error: {self.failed}")
-        job = self.prepare_flush()
-        try:
-            self.run_flush(job, data_pending)
-        except OSError as exc:
-            self.failed = exc
-            raise
-        self.complete_flush(job)
-        return self.durable_seq
