@@ -407,11 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="flush interval without fsync (default 1 s)")
     m.add_argument("--log", metavar="FILE", help="log to FILE")
     m.add_argument("-v", "--verbose", action="store_true")
+    # Tests: pause between the steps of long operations, so a kill lands mid-way.
+    m.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mount)
     u = sub.add_parser("umount", help="unmount and wait for the final checkpoint")
     u.add_argument("mountpoint")
     u.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     u.set_defaults(func=cmd_umount)
+    from .tool_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
