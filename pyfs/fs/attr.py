@@ -17,6 +17,7 @@ class Ctx:
     gid: int = 0
     pid: int = 0
     umask: int = 0
+    groups: tuple[int, ...] = ()  # supplementary groups
 
 
 ROOT_CTX = Ctx()

@@ -71,7 +71,7 @@ def extents_in(t: Transaction, ino: int, start: int, end: int | None) -> list[tu
     return out
 
 
-def _piece(ext: Extent, skip: int, length: int) -> Extent:
+def piece(ext: Extent, skip: int, length: int) -> Extent:
     """The part of `ext` from `skip` bytes in, `length` bytes long."""
     if ext.inline is not None:
         return Extent(length=length, inline=ext.inline[skip : skip + length])
@@ -88,9 +88,9 @@ def punch(t: Transaction, ino: int, start: int, end: int | None) -> Change:
         removed = cut_end - cut_start
         t.delete(Tree.EXTENTS, (ino, off))
         if off < cut_start:
-            t.put(Tree.EXTENTS, (ino, off), _piece(ext, 0, cut_start - off).encode())
+            t.put(Tree.EXTENTS, (ino, off), piece(ext, 0, cut_start - off).encode())
         if cut_end < ext_end:
-            t.put(Tree.EXTENTS, (ino, cut_end), _piece(ext, cut_end - off, ext_end - cut_end).encode())
+            t.put(Tree.EXTENTS, (ino, cut_end), piece(ext, cut_end - off, ext_end - cut_end).encode())
         if ext.inline is None:
             t.adjust_bucket_usage(ext.addr + (cut_start - off), -removed)
         change.data_bytes -= removed

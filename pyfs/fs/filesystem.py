@@ -35,7 +35,7 @@ from ..engine import Engine, EngineOptions
 from ..format.records import NEXT_INO_KEY, ORPHAN_PREFIX, ROOT_INO, Dirent, Inode, Tree, pack, unpack
 from ..trans import Transaction
 from . import data as filedata
-from . import longops, xattrs
+from . import fallocate, longops, rmtree, xattrs
 from .attr import BLOCK_SIZE, ROOT_CTX, Attr, Ctx, StatFs
 from .errors import FsError
 from .names import FIRST_COOKIE, NAME_MAX, check_name, check_new_name, name_hash
@@ -84,6 +84,18 @@ class FileSystem:
         self._next_fh = 1
         self.regions = filedata.RegionCache(engine)
         self.read_only = engine.read_only
+        # Long operations.  By default a call runs the ones it starts to the
+        # end before it returns.  A driver that wants to run them itself (the
+        # FUSE adapter, which yields between steps) sets `defer_long_ops` and
+        # takes them from `started`; `busy` inodes have an operation under
+        # way, are never reaped, and requests on them wait for it.
+        self.defer_long_ops = False
+        self.started: list[tuple[str, int]] = []
+        self.busy: set[int] = set()
+        self._op_starts: dict[tuple[str, int], int] = {}
+        # Names a step removed that the kernel may have cached: (dir, name, ino).
+        self.vanished: list[tuple[int, bytes, int]] = []
+        self.step_env = longops.StepEnv(in_use=self._in_use, removed=self._note_vanished)
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -178,7 +190,87 @@ class FileSystem:
         return next(iter(t.scan(Tree.DIRENTS, prefix=(ino,))), None) is None
 
     def _in_use(self, ino: int) -> bool:
-        return self.lookups.get(ino, 0) > 0 or self.opens.get(ino, 0) > 0
+        return self.lookups.get(ino, 0) > 0 or self.opens.get(ino, 0) > 0 or ino in self.busy
+
+    def _note_vanished(self, parent: int, name: bytes, ino: int) -> None:
+        if self.lookups.get(ino, 0) > 0:
+            self.vanished.append((parent, name, ino))
+
+    # -- long operations ------------------------------------------------------------
+
+    def _launch(self, kind: str, ino: int) -> None:
+        """A long operation's start has committed: run it now, or hand it to the driver."""
+        self.busy.add(ino)
+        assert self.engine.journal is not None
+        self._op_starts[(kind, ino)] = self.engine.journal.last_committed_seq
+        if self.defer_long_ops:
+            self.started.append((kind, ino))
+            return
+        try:
+            self.engine.flush()  # the start is durable before the first step
+            longops.run(self.engine, kind, ino, self.step_env)
+        finally:
+            self.op_over(kind, ino)
+
+    def take_started(self) -> list[tuple[str, int]]:
+        """The long operations started since the last call, for the driver to run."""
+        started, self.started = self.started, []
+        return started
+
+    def op_step(self, kind: str, ino: int) -> bool:
+        """One step of a started operation (driver use); True when it is over."""
+        return longops.step(self.engine, kind, ino, self.step_env)
+
+    def op_over(self, kind: str, ino: int) -> None:
+        """The driver is done with an operation (finished, or stopped to be resumed at mount)."""
+        self._op_starts.pop((kind, ino), None)
+        if not any(key[1] == ino for key in self._op_starts):
+            self.busy.discard(ino)
+        self.regions.clear()
+        self._reap_if_unused(ino)
+
+    def long_ops(self) -> list[longops.OpStatus]:
+        """Pending long operations, once their start is durable."""
+        durable = self.engine.journal.durable_seq if self.engine.journal is not None else 0
+        return [s for s in longops.status(self.engine)
+                if self._op_starts.get((s.kind, s.ino), 0) <= durable]
+
+    def collapse(self, ino: int, offset: int, length: int, ctx: Ctx = ROOT_CTX, label: str | None = None) -> Attr:
+        """FALLOC_FL_COLLAPSE_RANGE (pyfs/fs/fallocate.py)."""
+        return self._range_op(longops.OP_COLLAPSE, ino, offset, length, True, ctx, label)
+
+    def insert(self, ino: int, offset: int, length: int, ctx: Ctx = ROOT_CTX, label: str | None = None) -> Attr:
+        """FALLOC_FL_INSERT_RANGE (pyfs/fs/fallocate.py)."""
+        return self._range_op(longops.OP_INSERT, ino, offset, length, True, ctx, label)
+
+    def punch(self, ino: int, offset: int, length: int, keep_size: bool = True, ctx: Ctx = ROOT_CTX,
+              label: str | None = None) -> Attr:
+        """FALLOC_FL_PUNCH_HOLE (pyfs/fs/fallocate.py)."""
+        return self._range_op(longops.OP_PUNCH, ino, offset, length, keep_size, ctx, label)
+
+    def zero(self, ino: int, offset: int, length: int, keep_size: bool = True, ctx: Ctx = ROOT_CTX,
+             label: str | None = None) -> Attr:
+        """FALLOC_FL_ZERO_RANGE (pyfs/fs/fallocate.py)."""
+        return self._range_op(longops.OP_ZERO, ino, offset, length, keep_size, ctx, label)
+
+    def _range_op(self, kind: str, ino: int, offset: int, length: int, keep_size: bool, ctx: Ctx,
+                  label: str | None) -> Attr:
+        if ino in self.busy:
+            raise FsError(errno.EBUSY)  # only a driver that does not wait gets here
+        key = fallocate.start_range_op(self, kind, ino, offset, length, keep_size, ctx, label)
+        if key is not None:
+            self._launch(*key)
+        self.regions.clear()
+        return self.getattr(ino)
+
+    def rmtree(self, parent: int, name: bytes, ctx: Ctx = ROOT_CTX, label: str | None = None) -> int:
+        """Remove the directory tree `parent/name` (pyfs/fs/rmtree.py); returns the ino it had."""
+        top, steps = rmtree.start_rmtree(self, parent, name, ctx, label)
+        if steps:
+            self._launch(longops.OP_RMTREE, top)
+        else:
+            self._reap_if_unused(top)
+        return top
 
     def _drop_link(self, t: Transaction, ino: int, inode: Inode, now: int) -> Inode:
         """One name of `ino` is going away; returns the updated inode (already put)."""
@@ -213,7 +305,7 @@ class FileSystem:
         with self.engine.transaction() as t:
             small = longops.delete_small(t, ino)
         if not small:
-            longops.run(self.engine, longops.OP_DELETE, ino)
+            self._launch(longops.OP_DELETE, ino)
         self.regions.clear()
 
     @staticmethod
@@ -317,7 +409,7 @@ class FileSystem:
             inode = replace(inode, **changes)
             self._put(t, ino, inode)
         if long_truncate:
-            longops.run(self.engine, longops.OP_TRUNCATE, ino)
+            self._launch(longops.OP_TRUNCATE, ino)
             inode = self._inode_now(ino)
         self.regions.clear()
         return Attr.of(ino, inode)
@@ -353,6 +445,11 @@ class FileSystem:
         """EACCES unless `ctx` may access `ino` as `mask` (os.R_OK/W_OK/X_OK) asks."""
         with self._view() as t:
             inode = self._inode(t, ino)
+        self.check_access(inode, mask, ctx)
+
+    @staticmethod
+    def check_access(inode: Inode, mask: int, ctx: Ctx) -> None:
+        """EACCES unless `ctx` may access `inode` as `mask` asks (owner, group or other bits)."""
         if mask == 0:
             return
         if ctx.uid == 0:
@@ -361,7 +458,7 @@ class FileSystem:
             return
         if ctx.uid == inode.uid:
             bits = (inode.mode >> 6) & 7
-        elif ctx.gid == inode.gid:
+        elif ctx.gid == inode.gid or inode.gid in ctx.groups:
             bits = (inode.mode >> 3) & 7
         else:
             bits = inode.mode & 7
