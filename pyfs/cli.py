@@ -1,7 +1,18 @@
-"""The `pyfs` command: mount and unmount images.
+"""The `pyfs` command: mount and unmount images, and run long operations on a mount.
 
     pyfs mount IMAGE MOUNTPOINT [-o OPTS] [--foreground] [--commit SECONDS] [--log FILE] [-v]
     pyfs umount MOUNTPOINT
+    pyfs collapse FILE OFFSET LENGTH
+    pyfs insert FILE OFFSET LENGTH
+    pyfs punch FILE OFFSET LENGTH [--no-keep-size]
+    pyfs zero FILE OFFSET LENGTH [-n|--keep-size]
+    pyfs rmtree DIR
+    pyfs ops MOUNTPOINT [--json]
+    pyfs stat MOUNTPOINT [--json]
+    pyfs flush MOUNTPOINT
+
+The control commands (collapse ... flush) live in pyfs/tool_cli.py over
+pyfs/client.py; sizes take suffixes k, M, G, T (powers of 1024).
 
 Promises:
 - `mount` without `--foreground` returns only when the filesystem is mounted
@@ -63,7 +74,7 @@ def _setup_logging(path: str | None, verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
-def _open_filesystem(image: str, read_only: bool):
+def _open_filesystem(image: str, read_only: bool, record: str | None = None):
     from .fs import FileSystem
 
     try:
@@ -72,6 +83,15 @@ def _open_filesystem(image: str, read_only: bool):
         raise CliError(f"{image}: no such file") from None
     except OSError as exc:
         raise CliError(str(exc) if exc.errno == errno.EBUSY else f"{image}: {exc.strerror or exc}") from None
+    if record is not None:
+        # Tests (tools/crashloop.py): log every write and flush for power-loss replay.
+        from .recorder import RecordingDevice
+
+        try:
+            device = RecordingDevice(device, record)
+        except OSError as exc:
+            device.close()
+            raise CliError(f"{record}: {exc.strerror or exc}") from None
     try:
         return FileSystem.mount(device, EngineOptions(read_only=read_only))
     except FormatError as exc:
@@ -85,7 +105,7 @@ def _open_filesystem(image: str, read_only: bool):
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
-def serve(fs, mountpoint: str, options: set[str], commit: float, ready=None) -> None:
+def serve(fs, mountpoint: str, options: set[str], commit: float, ready=None, step_delay: float = 0.0) -> None:
     """Mount `fs` at `mountpoint` and serve requests until unmounted or signalled.
 
     `fs` is closed (final checkpoint) whatever happens.  A SIGTERM or SIGINT
@@ -116,7 +136,8 @@ def serve(fs, mountpoint: str, options: set[str], commit: float, ready=None) -> 
         refused: RuntimeError | None = None
         with _fd2_captured() as captured:
             try:
-                pyfuse3.init(PyfsOperations(fs), mountpoint, fuse_opts)
+                operations = PyfsOperations(fs, step_delay)
+                pyfuse3.init(operations, mountpoint, fuse_opts)
             except RuntimeError as exc:
                 refused = exc
         if refused is None:
@@ -157,6 +178,7 @@ def serve(fs, mountpoint: str, options: set[str], commit: float, ready=None) -> 
 
             unmount = False
             await nursery.start(watch_signals)
+            operations.start_background(nursery)
             if commit > 0 and not fs.read_only:
                 nursery.start_soon(fs.engine.run_commit_timer, commit)
             if ready is not None:
@@ -233,12 +255,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     image = os.path.abspath(args.image)
     mountpoint = os.path.abspath(args.mountpoint)
     log_path = os.path.abspath(args.log) if args.log else None
+    record = os.path.abspath(args.record) if getattr(args, "record", None) else None
     if not os.path.isdir(mountpoint):
         raise CliError(f"{args.mountpoint}: mount point is not a directory")
     if args.foreground:
         _setup_logging(log_path, args.verbose)
-        fs = _open_filesystem(image, read_only)
-        serve(fs, mountpoint, options, args.commit)
+        fs = _open_filesystem(image, read_only, record)
+        serve(fs, mountpoint, options, args.commit, step_delay=args.step_delay)
         return 0
     # Background: the child mounts and reports success or the reason of failure.
     rfd, wfd = os.pipe()
@@ -251,7 +274,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             os.setsid()
             os.chdir("/")
             _setup_logging(log_path, args.verbose)
-            fs = _open_filesystem(image, read_only)
+            fs = _open_filesystem(image, read_only, record)
 
             def ready() -> None:
                 nonlocal serving
@@ -260,7 +283,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                 serving = True
                 _detach_stdio(log_path)
 
-            serve(fs, mountpoint, options, args.commit, ready)
+            serve(fs, mountpoint, options, args.commit, ready, args.step_delay)
             code = 0
         except CliError as exc:
             if serving:
@@ -409,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-v", "--verbose", action="store_true")
     # Tests: pause between the steps of long operations, so a kill lands mid-way.
     m.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)
+    # Tests: record every write and flush to FILE (pyfs/recorder.py, tools/crashloop.py).
+    m.add_argument("--record", metavar="FILE", help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mount)
     u = sub.add_parser("umount", help="unmount and wait for the final checkpoint")
     u.add_argument("mountpoint")

@@ -126,6 +126,7 @@ class Engine:
         self.notes: list[str] = []
         self.journal_scan: ScanResult | None = None
         self.checkpoints = 0
+        self.commits = 0  # transactions committed since open
         self.replayed_entries = 0
         self._data_unsynced = False
         self._io_lock = threading.Lock()
@@ -304,6 +305,7 @@ class Engine:
                 entry = journal.append({"keys": updates})
             except JournalFull as exc:
                 raise OSError(errno.E2BIG, f"transaction too large for the journal: {exc}") from None
+        self.commits += 1
         try:
             self.apply_keys(updates, entry.seq)
         except Exception as exc:  # the entry is logged; memory no longer matches it

@@ -9,6 +9,15 @@ Promises:
   symlink, link and every readdirplus entry but '.' and '..' count one;
   `forget` gives them back), so unlinked files live exactly as long as the
   kernel may still use them.
+- Long operations run here, step by step, yielding between steps: the
+  rest of the filesystem keeps being served while requests on the inode an
+  operation holds wait for it.  The start of each is durable before its
+  first step.  Truncates and the control commands that edit a file return
+  once their operation is over; deletions and tree removals go on in the
+  background (`start_background`), or in the request without it.
+- The control file (pyfs/control.py) answers commands and queries; the
+  kernel's cached pages, attributes and names of what a command changed
+  are invalidated before the command returns.
 """
 
 from __future__ import annotations
@@ -16,12 +25,16 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import stat
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pyfuse3
+import trio
 
+from . import control
 from .fs import Attr, Ctx, FileSystem, FsError
+from .fs.longops import OP_DELETE, OP_RMTREE
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +77,25 @@ def _ctx(ctx: pyfuse3.RequestContext | None) -> Ctx:
     return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
 
 
+def _caller(ctx: pyfuse3.RequestContext) -> Ctx:
+    """The request's caller with its supplementary groups (read from /proc: FUSE does not pass them)."""
+    groups: tuple[int, ...] = ()
+    try:
+        with open(f"/proc/{ctx.pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    groups = tuple(int(g) for g in line.split()[1:])
+                    break
+    except (OSError, ValueError):
+        pass  # the caller is gone or unreadable: its primary group only
+    return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask, groups=groups)
+
+
+def _control_attr() -> Attr:
+    return Attr(ino=control.CONTROL_INO, mode=stat.S_IFREG | 0o666, nlink=1, uid=0, gid=0, rdev=0, size=0,
+                blocks=0, atime_ns=0, mtime_ns=0, ctime_ns=0, generation=1)
+
+
 def entry(attr: Attr) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
     e.st_ino = attr.ino
@@ -100,30 +132,173 @@ class PyfsOperations(pyfuse3.Operations):
     # `tar x` of 27 MB of small files ~1.8x slower.
     enable_writeback_cache = False
 
-    def __init__(self, fs: FileSystem) -> None:
+    def __init__(self, fs: FileSystem, step_delay: float = 0.0) -> None:
         super().__init__()
         self.fs = fs
+        fs.defer_long_ops = True
+        self.step_delay = step_delay
+        self._nursery: trio.Nursery | None = None
+        self._idle: dict[int, trio.Event] = {}
+
+    # -- long operations -------------------------------------------------------------
+
+    def start_background(self, nursery: trio.Nursery) -> None:
+        """Run deletions and tree removals in `nursery` instead of inside their request."""
+        self._nursery = nursery
+
+    async def _wait_idle(self, ino: int) -> None:
+        """Return once no long operation holds `ino`."""
+        while ino in self.fs.busy:
+            event = self._idle.setdefault(ino, trio.Event())
+            await event.wait()
+
+    async def _settle(self) -> None:
+        """Run the long operations the last core call started."""
+        for kind, ino in self.fs.take_started():
+            if kind in (OP_DELETE, OP_RMTREE) and self._nursery is not None:
+                self._nursery.start_soon(self._drive_background, kind, ino)
+            else:
+                await self._drive(kind, ino)
+
+    async def _drive(self, kind: str, ino: int) -> None:
+        """Run one long operation to its end, yielding between steps."""
+        try:
+            await self.fs.fsync()  # its start is durable before its first step
+            while not self.fs.op_step(kind, ino):
+                self._invalidate_vanished()
+                await trio.sleep(self.step_delay)
+        except trio.Cancelled:
+            log.info("unmounting: %s of inode %d stops here; the next mount finishes it", kind, ino)
+            raise
+        except Exception:
+            log.exception("%s of inode %d failed; the next mount finishes it", kind, ino)
+            raise
+        finally:
+            self.fs.op_over(kind, ino)
+            self._invalidate_vanished()
+            event = self._idle.pop(ino, None)
+            if event is not None:
+                event.set()
+
+    async def _drive_background(self, kind: str, ino: int) -> None:
+        try:
+            await self._drive(kind, ino)
+        except Exception:  # noqa: BLE001 - logged by _drive; the daemon goes on
+            pass
+
+    def _invalidate_vanished(self) -> None:
+        vanished, self.fs.vanished = self.fs.vanished, []
+        for parent, name, ino in vanished:
+            pyfuse3.invalidate_entry_async(parent, name, deleted=ino, ignore_enoent=True)
+
+    async def _invalidate_inode(self, ino: int) -> None:
+        """Drop the kernel's cached pages and attributes of `ino` (in a thread: it may wait for page locks)."""
+        def work() -> None:
+            try:
+                pyfuse3.invalidate_inode(ino, attr_only=False)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # ENOENT: the kernel holds nothing of it
+                    log.warning("invalidating inode %d: %s", ino, exc)
+
+        await trio.to_thread.run_sync(work)
+
+    # -- the control file ----------------------------------------------------------------
+
+    async def _command(self, raw: bytes, ctx: pyfuse3.RequestContext) -> None:
+        try:
+            request = control.decode(raw)
+        except control.BadRequest as exc:
+            log.info("control: bad request: %s", exc)
+            raise FsError(errno.EINVAL) from None
+        caller = _caller(ctx)
+        op = request["op"]
+        label = request.get("label")
+        log.info("control: %s from uid %d: %s", op, caller.uid, label or request)
+        if op == "flush":
+            await self.fs.fsync()
+        elif op == "rmtree":
+            name = control.name_bytes(request)
+            await self._wait_idle(request["parent"])
+            top = self.fs.rmtree(request["parent"], name, caller, label)
+            pyfuse3.invalidate_entry_async(request["parent"], name, deleted=top, ignore_enoent=True)
+            await self._settle()
+            await self.fs.fsync()
+        else:
+            ino = request["ino"]
+            if ino == control.CONTROL_INO:
+                raise FsError(errno.EPERM)
+            await self._wait_idle(ino)
+            call = getattr(self.fs, op)
+            if op in ("punch", "zero"):
+                call(ino, request["offset"], request["length"], request["keep_size"], caller, label)
+            else:
+                call(ino, request["offset"], request["length"], caller, label)
+            await self._settle()
+            await self._invalidate_inode(ino)
+
+    def _query(self, name: bytes) -> bytes:
+        if name == control.OPS_XATTR:
+            return control.encode_result([
+                {"kind": s.kind, "ino": s.ino, "label": s.label, "done": s.done, "total": s.total, "unit": s.unit}
+                for s in self.fs.long_ops()])
+        if name == control.STAT_XATTR:
+            st = self.fs.engine.stats()
+            sfs = self.fs.statfs()
+            return control.encode_result({
+                "space": {"total_bytes": sfs.blocks * sfs.block_size, "free_bytes": sfs.blocks_free * sfs.block_size,
+                          "avail_bytes": sfs.blocks_avail * sfs.block_size},
+                "inodes": st.keys.get("inodes", 0),
+                "keys": st.keys,
+                "journal": {"bytes": st.journal_bytes, "fill": round(st.journal_fill, 4)},
+                "seq": st.seq, "durable_seq": st.durable_seq, "checkpoints": st.checkpoints,
+                "commits": self.fs.engine.commits, "long_ops": len(self.fs.long_ops()),
+            })
+        raise FsError(errno.ENODATA)
+
+    @staticmethod
+    def _is_control(parent: int, name: bytes) -> bool:
+        return parent == pyfuse3.ROOT_INODE and name == control.CONTROL_NAME
+
+    def _no_control_name(self, parent: int, name: bytes) -> None:
+        """New names may not shadow the control file."""
+        if self._is_control(parent, name):
+            raise FsError(errno.EEXIST)
 
     # -- names ---------------------------------------------------------------------
 
     @handler
     async def lookup(self, parent_inode, name, ctx=None):
-        return entry(self.fs.lookup(parent_inode, name, _ctx(ctx)))
+        if self._is_control(parent_inode, name):
+            return entry(_control_attr())
+        attr = self.fs.lookup(parent_inode, name, _ctx(ctx))
+        if attr.ino in self.fs.busy:
+            await self._wait_idle(attr.ino)
+            attr = self.fs.getattr(attr.ino)
+        return entry(attr)
 
     @handler
     async def forget(self, inode_list):
         for ino, nlookup in inode_list:
+            if ino == control.CONTROL_INO:
+                continue
             try:
                 self.fs.forget(ino, nlookup)
             except Exception:  # forget has no reply: log and go on with the others
                 log.exception("forget(%d, %d) failed", ino, nlookup)
+        await self._settle()
 
     @handler
     async def getattr(self, inode, ctx=None):
+        if inode == control.CONTROL_INO:
+            return entry(_control_attr())
+        await self._wait_idle(inode)
         return entry(self.fs.getattr(inode))
 
     @handler
     async def setattr(self, inode, attr, fields, fh, ctx):
+        if inode == control.CONTROL_INO:
+            raise FsError(errno.EPERM)
+        await self._wait_idle(inode)
         kwargs = {}
         if fields.update_mode:
             kwargs["mode"] = attr.st_mode
@@ -137,7 +312,11 @@ class PyfsOperations(pyfuse3.Operations):
             kwargs["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             kwargs["mtime_ns"] = attr.st_mtime_ns
-        return entry(self.fs.setattr(inode, ctx=_ctx(ctx), **kwargs))
+        result = self.fs.setattr(inode, ctx=_ctx(ctx), **kwargs)
+        if self.fs.started:
+            await self._settle()
+            result = self.fs.getattr(inode)
+        return entry(result)
 
     @handler
     async def readlink(self, inode, ctx):
@@ -145,34 +324,52 @@ class PyfsOperations(pyfuse3.Operations):
 
     @handler
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._no_control_name(parent_inode, name)
         return entry(self.fs.mknod(parent_inode, name, mode, rdev, _ctx(ctx)))
 
     @handler
     async def mkdir(self, parent_inode, name, mode, ctx):
+        self._no_control_name(parent_inode, name)
         return entry(self.fs.mkdir(parent_inode, name, mode, _ctx(ctx)))
 
     @handler
     async def unlink(self, parent_inode, name, ctx):
+        if self._is_control(parent_inode, name):
+            raise FsError(errno.EPERM)
         self.fs.unlink(parent_inode, name, _ctx(ctx))
+        await self._settle()
 
     @handler
     async def rmdir(self, parent_inode, name, ctx):
+        if self._is_control(parent_inode, name):
+            raise FsError(errno.ENOTDIR)
         self.fs.rmdir(parent_inode, name, _ctx(ctx))
+        await self._settle()
 
     @handler
     async def symlink(self, parent_inode, name, target, ctx):
+        self._no_control_name(parent_inode, name)
         return entry(self.fs.symlink(parent_inode, name, target, _ctx(ctx)))
 
     @handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        if self._is_control(parent_inode_old, name_old) or self._is_control(parent_inode_new, name_new):
+            raise FsError(errno.EPERM)
         self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, _ctx(ctx))
+        await self._settle()
 
     @handler
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        if inode == control.CONTROL_INO:
+            raise FsError(errno.EPERM)
+        self._no_control_name(new_parent_inode, new_name)
+        await self._wait_idle(inode)
         return entry(self.fs.link(inode, new_parent_inode, new_name, _ctx(ctx)))
 
     @handler
     async def access(self, inode, mode, ctx):
+        if inode == control.CONTROL_INO:
+            return True
         try:
             self.fs.access(inode, mode, _ctx(ctx))
         except FsError as exc:
@@ -185,20 +382,32 @@ class PyfsOperations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode, flags, ctx):
+        if inode == control.CONTROL_INO:
+            raise FsError(errno.EPERM)  # it is addressed by its extended attributes only
+        await self._wait_idle(inode)
         fh = self.fs.open(inode, flags, _ctx(ctx))
+        await self._settle()
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @handler
     async def create(self, parent_inode, name, mode, flags, ctx):
+        self._no_control_name(parent_inode, name)
         fh, attr = self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry(attr)
 
+    async def _wait_fh(self, fh: int) -> None:
+        handle = self.fs.handles.get(fh)
+        if handle is not None:
+            await self._wait_idle(handle.ino)
+
     @handler
     async def read(self, fh, off, size):
+        await self._wait_fh(fh)
         return self.fs.read(fh, off, size)
 
     @handler
     async def write(self, fh, off, buf):
+        await self._wait_fh(fh)
         return self.fs.write(fh, off, buf)
 
     @handler
@@ -208,6 +417,7 @@ class PyfsOperations(pyfuse3.Operations):
     @handler
     async def release(self, fh):
         self.fs.release(fh)
+        await self._settle()
 
     @handler
     async def fsync(self, fh, datasync):
@@ -217,6 +427,7 @@ class PyfsOperations(pyfuse3.Operations):
 
     @handler
     async def opendir(self, inode, ctx):
+        await self._wait_idle(inode)
         self.fs.getattr(inode)  # ENOENT for a vanished inode
         return inode
 
@@ -240,18 +451,33 @@ class PyfsOperations(pyfuse3.Operations):
 
     @handler
     async def setxattr(self, inode, name, value, ctx):
+        if inode == control.CONTROL_INO:
+            if name != control.COMMAND_XATTR:
+                raise FsError(errno.EOPNOTSUPP)
+            await self._command(value, ctx)
+            return
+        await self._wait_idle(inode)
         self.fs.setxattr(inode, name, value)
 
     @handler
     async def getxattr(self, inode, name, ctx):
+        if inode == control.CONTROL_INO:
+            return self._query(name)
+        await self._wait_idle(inode)
         return self.fs.getxattr(inode, name)
 
     @handler
     async def listxattr(self, inode, ctx):
+        if inode == control.CONTROL_INO:
+            return [control.STAT_XATTR, control.OPS_XATTR]
+        await self._wait_idle(inode)
         return self.fs.listxattr(inode)
 
     @handler
     async def removexattr(self, inode, name, ctx):
+        if inode == control.CONTROL_INO:
+            raise FsError(errno.EPERM)
+        await self._wait_idle(inode)
         self.fs.removexattr(inode, name)
 
     @handler
