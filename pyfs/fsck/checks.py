@@ -24,9 +24,10 @@ What they promise to find (tests/test_fsck.py builds an image for each):
 - orphans: orphan keys of missing or linked inodes, orphans with links;
 - links: link counts against the names (directories: 2 + subdirectories).
 
-Inodes with an orphan key or an unfinished delete, and files with an
-unfinished truncate, are what a crash leaves: mount finishes them, so they
-are not problems.
+Inodes with an orphan key or an unfinished delete, everything inside a tree
+whose removal is unfinished, and the extent maps of files with an
+unfinished truncate or range operation (collapse, insert, punch, zero) are
+what a crash leaves: mount finishes them, so they are not problems.
 """
 
 from __future__ import annotations
@@ -173,9 +174,20 @@ class Graph:
         return seen
 
 
-def _unlinked(state: State) -> set[int]:
-    deletes, _ = state.pending_ops()
-    return state.orphans | deletes
+def _unlinked(ctx: "Context") -> set[int]:
+    """Inodes mount will delete: orphans, unfinished deletes, everything in a tree being removed."""
+    state = ctx.state
+    deletes, _, rmtrees = state.pending_ops()
+    out = state.orphans | deletes | rmtrees
+    if rmtrees:
+        g = ctx.graph()
+        todo = list(rmtrees)
+        while todo:
+            for child in g.children.get(todo.pop(), ()):
+                if child not in out:
+                    out.add(child)
+                    todo.append(child)
+    return out
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -293,7 +305,7 @@ def check_inodes(ctx: Context) -> list[Finding]:
 def check_extents(ctx: Context) -> list[Finding]:
     state = ctx.state
     out: list[Finding] = []
-    _, truncates = state.pending_ops()
+    _, resizing, _ = state.pending_ops()
     by_ino = state.extents_by_inode()
 
     def describe(ino: int) -> str:
@@ -316,7 +328,7 @@ def check_extents(ctx: Context) -> list[Finding]:
                                    fix=f"trim it to {o2 - o1} bytes",
                                    action=lambda rep, k=(ino, o1), n=o2 - o1: rep.trim_extent(k, n)))
         end = max(o + e.length for o, e in items)
-        if end > inode.size and ino not in truncates:
+        if end > inode.size and ino not in resizing:
             out.append(Finding("size", describe(ino), f"size is {inode.size} bytes, but its extents reach {end}",
                                fix=f"set the size to {end}", safe=True,
                                action=lambda rep, ino=ino: rep.fix_size(ino)))
@@ -459,7 +471,7 @@ def check_connectivity(ctx: Context) -> list[Finding]:
         return []  # without a root nothing is reachable; the inodes pass reports it
     g = ctx.graph()
     reached = g.reachable()
-    unlinked = _unlinked(state)
+    unlinked = _unlinked(ctx)
     tops: dict[int, tuple[list[tuple[int, int, bytes]], str]] = {}
     for ino in sorted(state.inodes):
         if ino in reached or ino in unlinked:
@@ -538,7 +550,7 @@ def check_orphans(ctx: Context) -> list[Finding]:
 def check_links(ctx: Context) -> list[Finding]:
     state = ctx.state
     g = ctx.graph()
-    unlinked = _unlinked(state)
+    unlinked = _unlinked(ctx)
     subdirs: Counter[int] = Counter()
     for child, keys in g.names.items():
         if is_dir(state.inodes.get(child)):

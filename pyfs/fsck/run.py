@@ -159,15 +159,26 @@ def _pending_notes(img: ImageRead, trees: TreesRead, state: State) -> list[str]:
     elif not img.clean and img.journal.corruption is None:
         notes.append("the image was not closed cleanly (nothing to replay)")
     for key, op in sorted(state.logged_ops.items()):
-        what = f"truncate of inode {op.args['ino']} to {op.args['size']} bytes" if op.kind == "truncate" \
-            else f"deletion of inode {op.args['ino']}"
-        notes.append(f"mount will finish the interrupted {what}")
-    deletes, _ = state.pending_ops()
+        notes.append(f"mount will finish the interrupted {_describe_op(op)}")
+    deletes, _, _ = state.pending_ops()
     orphans = sorted(state.orphans - deletes)
     if orphans:
         shown = ", ".join(map(str, orphans[:20])) + (", ..." if len(orphans) > 20 else "")
         notes.append(f"mount will delete {plural(len(orphans), 'unlinked inode')} still open at the crash: {shown}")
     return notes
+
+
+def _describe_op(op) -> str:
+    ino = op.args["ino"]
+    if op.kind == "truncate":
+        return f"truncate of inode {ino} to {op.args['size']} bytes"
+    if op.kind == "delete":
+        return f"deletion of inode {ino}"
+    if op.kind == "rmtree":
+        return f"removal of the directory tree of inode {ino}"
+    if op.kind in ("collapse", "insert"):
+        return f"{op.kind} of {op.args['length']} bytes at {op.args['offset']} in inode {ino}"
+    return f"{op.kind} of bytes {op.args['start']}..{op.args['end']} of inode {ino}"
 
 
 class _Decider:

@@ -27,7 +27,7 @@ from ..format.records import (
     unpack,
 )
 from ..format.superblock import Superblock
-from ..fs.longops import OP_DELETE, OP_TRUNCATE
+from ..fs.longops import OP_COLLAPSE, OP_DELETE, OP_INSERT, OP_PUNCH, OP_RMTREE, OP_TRUNCATE, OP_ZERO
 
 TREE_NAMES = {int(t): t.name.lower() for t in Tree}
 
@@ -163,17 +163,25 @@ class State:
             items.sort(key=lambda item: item[0])
         return out
 
-    def pending_ops(self) -> tuple[set[int], dict[int, int]]:
-        """Inodes with an unfinished delete, and inode -> size of unfinished truncates."""
+    def pending_ops(self) -> tuple[set[int], set[int], set[int]]:
+        """Inodes with an unfinished delete; inodes whose extents an unfinished
+        truncate or range operation is moving (their extent map may reach past
+        EOF until it ends); tops of unfinished tree removals."""
         deletes: set[int] = set()
-        truncates: dict[int, int] = {}
+        resizing: set[int] = set()
+        rmtrees: set[int] = set()
         for op in self.logged_ops.values():
             ino = op.args["ino"]
             if op.kind == OP_DELETE:
                 deletes.add(ino)
+            elif op.kind == OP_RMTREE:
+                rmtrees.add(ino)
+                file = op.cursor.get("file") if isinstance(op.cursor, dict) else None
+                if _is_int(file):
+                    deletes.add(file)
             else:
-                truncates[ino] = op.args["size"]
-        return deletes, truncates
+                resizing.add(ino)
+        return deletes, resizing, rmtrees
 
 
 _INT = struct.Struct(">Q")
@@ -199,18 +207,32 @@ def _fast_key(key: bytes) -> tuple | None:
     return (a, b, key[19:-2])
 
 
+# The integer arguments each kind of logged op needs (pyfs/fs/longops.py).
+_RANGE_FIELDS = ("new_size", "time")
+_OP_FIELDS: dict[str, tuple[str, ...]] = {
+    OP_TRUNCATE: ("size",),
+    OP_DELETE: (),
+    OP_PUNCH: ("start", "end", *_RANGE_FIELDS),
+    OP_ZERO: ("start", "end", *_RANGE_FIELDS),
+    OP_COLLAPSE: ("offset", "length", *_RANGE_FIELDS),
+    OP_INSERT: ("offset", "length", *_RANGE_FIELDS),
+    OP_RMTREE: (),
+}
+
+
 def _decode_op(k: tuple, value: bytes) -> LoggedOp:
     try:
         op = LoggedOp.decode(value)
     except FormatError as exc:
         raise BadEntry("logged-op", f"logged op {k!r}: {exc}") from None
-    if op.kind not in (OP_DELETE, OP_TRUNCATE):
+    if op.kind not in _OP_FIELDS:
         raise BadEntry("logged-op", f"logged op {k!r} of unknown kind {op.kind!r}")
     ino = op.args.get("ino")
     if not _is_int(ino) or ino < 1:
         raise BadEntry("logged-op", f"logged op {k!r} names no inode")
-    if op.kind == OP_TRUNCATE and (not _is_int(op.args.get("size")) or op.args["size"] < 0):
-        raise BadEntry("logged-op", f"truncate op {k!r} has no valid size")
+    for name in _OP_FIELDS[op.kind]:
+        if not _is_int(op.args.get(name)) or op.args[name] < 0:
+            raise BadEntry("logged-op", f"{op.kind} op {k!r} has no valid {name}")
     if k != (op.kind, ino):
         raise BadEntry("logged-op", f"logged op key {k!r} does not match its value ({op.kind}, {ino})")
     return op
