@@ -188,8 +188,28 @@ class PyfsOperations(pyfuse3.Operations):
 
     def _invalidate_vanished(self) -> None:
         vanished, self.fs.vanished = self.fs.vanished, []
-        for parent, name, ino in vanished:
-            pyfuse3.invalidate_entry_async(parent, name, deleted=ino, ignore_enoent=True)
+        for parent, name, _ino in vanished:
+            # Not `deleted=`: for a directory the kernel still caches names in,
+            # that fails with ENOTEMPTY and leaves the entry in place.
+            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+
+    async def _invalidate_entry(self, parent: int, name: bytes, ino: int) -> None:
+        """Make the kernel forget `parent/name` before the caller hears back (in a thread, as above)."""
+        def work() -> None:
+            try:
+                try:
+                    pyfuse3.invalidate_entry(parent, name, deleted=ino)
+                except OSError as exc:
+                    if exc.errno != errno.ENOTEMPTY:
+                        raise
+                    # The kernel still caches names inside (a process works in
+                    # there): drop the entry without declaring it deleted.
+                    pyfuse3.invalidate_entry(parent, name)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("invalidating %r in %d: %s", name, parent, exc)
+
+        await trio.to_thread.run_sync(work)
 
     async def _invalidate_inode(self, ino: int) -> None:
         """Drop the kernel's cached pages and attributes of `ino` (in a thread: it may wait for page locks)."""
@@ -220,9 +240,9 @@ class PyfsOperations(pyfuse3.Operations):
             name = control.name_bytes(request)
             await self._wait_idle(request["parent"])
             top = self.fs.rmtree(request["parent"], name, caller, label)
-            pyfuse3.invalidate_entry_async(request["parent"], name, deleted=top, ignore_enoent=True)
             await self._settle()
             await self.fs.fsync()
+            await self._invalidate_entry(request["parent"], name, top)
         else:
             ino = request["ino"]
             if ino == control.CONTROL_INO:
