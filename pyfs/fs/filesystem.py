@@ -14,7 +14,9 @@ Promises:
   the kernel (lookup count); its orphan key, written in the same
   transaction, makes the next mount delete it after a crash.
 - Mount (`FileSystem.mount`) finishes interrupted long operations and deletes
-  leftover orphans before it accepts a request.
+  leftover orphans before it accepts a request.  A read-only mount cannot,
+  so it refuses an image with an interrupted range operation (collapse,
+  insert, punch, zero), whose file would show half-moved data.
 
 The core is synchronous and single-threaded: between two calls nothing
 changes, so a transaction is isolated by construction.
@@ -105,6 +107,15 @@ class FileSystem:
         fs = cls(Engine.open(device, options))
         if not fs.read_only:
             fs.recover()
+            return fs
+        # Read-only, nothing can be finished: a file whose range operation a
+        # crash interrupted would show its half-moved extents.
+        halfway = [(kind, ino) for kind, ino in longops.pending(fs.engine) if kind in longops.RANGE_KINDS]
+        if halfway:
+            fs.engine.close(clean=False)
+            kind, ino = halfway[0]
+            raise OSError(errno.EBUSY, f"an interrupted {kind} of inode {ino} must finish first: "
+                                       "mount read-write (mount finishes it) or run fsck.py -y")
         return fs
 
     def recover(self) -> tuple[int, int]:
