@@ -174,11 +174,14 @@ class PyfsOperations(pyfuse3.Operations):
             log.exception("%s of inode %d failed; the next mount finishes it", kind, ino)
             raise
         finally:
-            self.fs.op_over(kind, ino)
+            self.fs.op_over(kind, ino)  # may start the deletion of a file unlinked meanwhile
             self._invalidate_vanished()
             event = self._idle.pop(ino, None)
             if event is not None:
                 event.set()
+            if self._nursery is not None:
+                for started in self.fs.take_started():
+                    self._nursery.start_soon(self._drive_background, *started)
 
     async def _drive_background(self, kind: str, ino: int) -> None:
         try:
