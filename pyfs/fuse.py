@@ -34,7 +34,7 @@ import trio
 
 from . import control
 from .fs import Attr, Ctx, FileSystem, FsError
-from .fs.longops import OP_DELETE, OP_RMTREE
+from .fs.longops import OP_DELETE, OP_RMTREE, RANGE_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,8 @@ class PyfsOperations(pyfuse3.Operations):
         self.step_delay = step_delay
         self._nursery: trio.Nursery | None = None
         self._idle: dict[int, trio.Event] = {}
+        # How the last control command on an inode ended (errno, 0: completed).
+        self._outcome: dict[int, int] = {}
 
     # -- long operations -------------------------------------------------------------
 
@@ -152,10 +154,15 @@ class PyfsOperations(pyfuse3.Operations):
             event = self._idle.setdefault(ino, trio.Event())
             await event.wait()
 
-    async def _settle(self) -> None:
-        """Run the long operations the last core call started."""
+    async def _settle(self, background: bool = False) -> None:
+        """Run the long operations the last core call started.
+
+        Deletions and tree removals (and, with `background`, every kind) go
+        to the nursery; the rest run inside the caller's request.
+        """
         for kind, ino in self.fs.take_started():
-            if kind in (OP_DELETE, OP_RMTREE) and self._nursery is not None:
+            if (background or kind in (OP_DELETE, OP_RMTREE)) and self._nursery is not None:
+                await self.fs.fsync()  # durably begun before the request returns
                 self._nursery.start_soon(self._drive_background, kind, ino)
             else:
                 await self._drive(kind, ino)
@@ -164,14 +171,17 @@ class PyfsOperations(pyfuse3.Operations):
         """Run one long operation to its end, yielding between steps."""
         try:
             await self.fs.fsync()  # its start is durable before its first step
+            if kind in RANGE_KINDS:
+                await self._drop_cached_pages(ino)
             while not self.fs.op_step(kind, ino):
                 self._invalidate_vanished()
                 await trio.sleep(self.step_delay)
         except trio.Cancelled:
             log.info("unmounting: %s of inode %d stops here; the next mount finishes it", kind, ino)
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("%s of inode %d failed; the next mount finishes it", kind, ino)
+            self._outcome[ino] = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
             raise
         finally:
             self.fs.op_over(kind, ino)  # may start the deletion of a file unlinked meanwhile
@@ -180,6 +190,8 @@ class PyfsOperations(pyfuse3.Operations):
             if event is not None:
                 event.set()
             if self._nursery is not None:
+                if kind in RANGE_KINDS:  # for waiters that do not ask (a raw setfattr)
+                    self._nursery.start_soon(self._invalidate_inode, ino)
                 for started in self.fs.take_started():
                     self._nursery.start_soon(self._drive_background, *started)
 
@@ -197,7 +209,11 @@ class PyfsOperations(pyfuse3.Operations):
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
     async def _invalidate_entry(self, parent: int, name: bytes, ino: int) -> None:
-        """Make the kernel forget `parent/name` before the caller hears back (in a thread, as above)."""
+        """Make the kernel forget `parent/name` before the caller hears back.
+
+        In a thread: the kernel takes the directory's lock, which a request
+        being answered here may hold.
+        """
         def work() -> None:
             try:
                 try:
@@ -214,20 +230,36 @@ class PyfsOperations(pyfuse3.Operations):
 
         await trio.to_thread.run_sync(work)
 
-    async def _invalidate_inode(self, ino: int) -> None:
-        """Drop the kernel's cached pages and attributes of `ino` (in a thread: it may wait for page locks)."""
-        def work() -> None:
-            try:
-                pyfuse3.invalidate_inode(ino, attr_only=False)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:  # ENOENT: the kernel holds nothing of it
-                    log.warning("invalidating inode %d: %s", ino, exc)
+    @staticmethod
+    def _invalidate_inode_now(ino: int) -> None:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=False)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:  # ENOENT: the kernel holds nothing of it
+                log.warning("invalidating inode %d: %s", ino, exc)
 
-        await trio.to_thread.run_sync(work)
+    async def _invalidate_inode(self, ino: int) -> None:
+        """Drop the kernel's cached pages and attributes of `ino`.
+
+        In a thread: the kernel locks each cached page, and a read waiting
+        here for the inode holds one until it is answered.
+        """
+        await trio.to_thread.run_sync(self._invalidate_inode_now, ino)
+
+    async def _drop_cached_pages(self, ino: int) -> None:
+        """Before the first step: no read may mix cached old pages with new ones.
+
+        A page a waiting read holds locked cannot go now; that read waits for
+        the operation and sees its end.  The thread is abandoned after a
+        second rather than keep the operation from starting.
+        """
+        with trio.move_on_after(1.0):
+            await trio.to_thread.run_sync(self._invalidate_inode_now, ino, abandon_on_cancel=True)
 
     # -- the control file ----------------------------------------------------------------
 
     async def _command(self, raw: bytes, ctx: pyfuse3.RequestContext) -> None:
+        """Judge a command and begin it; its operation goes on in the background (pyfs/control.py)."""
         try:
             request = control.decode(raw)
         except control.BadRequest as exc:
@@ -240,30 +272,55 @@ class PyfsOperations(pyfuse3.Operations):
         if op == "flush":
             await self.fs.fsync()
         elif op == "rmtree":
-            name = control.name_bytes(request)
-            await self._wait_idle(request["parent"])
-            top = self.fs.rmtree(request["parent"], name, caller, label)
+            parent, name = request["parent"], control.name_bytes(request)
+            if self._is_control(parent, name):
+                raise FsError(errno.ENOTDIR)
+            await self._wait_idle(parent)
+            for _ in self.fs.rmtree_access_walk(parent, name, caller):
+                await trio.sleep(0)
+            top = self.fs.rmtree(parent, name, caller, label, tree_checked=True)
             await self._settle()
             await self.fs.fsync()
-            await self._invalidate_entry(request["parent"], name, top)
+            await self._invalidate_entry(parent, name, top)
         else:
             ino = request["ino"]
             if ino == control.CONTROL_INO:
                 raise FsError(errno.EPERM)
             await self._wait_idle(ino)
+            self._outcome.pop(ino, None)
+            while len(self._outcome) >= 4096:
+                del self._outcome[next(iter(self._outcome))]
+            self._outcome[ino] = 0
             call = getattr(self.fs, op)
             if op in ("punch", "zero"):
                 call(ino, request["offset"], request["length"], request["keep_size"], caller, label)
             else:
                 call(ino, request["offset"], request["length"], caller, label)
-            await self._settle()
-            await self._invalidate_inode(ino)
+            await self._settle(background=True)
+            if ino not in self.fs.busy:
+                await self._invalidate_inode(ino)  # over already: done in one transaction, or inline
 
-    def _query(self, name: bytes) -> bytes:
+    async def _wait_for(self, ino: int) -> bytes:
+        """Answer a wait: once `ino` is idle, with the outcome of its last command."""
+        await self._wait_idle(ino)
+        await self._invalidate_inode(ino)
+        return control.encode_result({"errno": self._outcome.get(ino, 0)})
+
+    async def _query(self, name: bytes) -> bytes:
+        waited = control.waited_ino(name)
+        if waited is not None:
+            return await self._wait_for(waited)
+        if name == control.FLUSH_XATTR:
+            await self.fs.fsync()
+            return control.encode_result({"durable_seq": self.fs.engine.stats().durable_seq})
         if name == control.OPS_XATTR:
-            return control.encode_result([
-                {"kind": s.kind, "ino": s.ino, "label": s.label, "done": s.done, "total": s.total, "unit": s.unit}
-                for s in self.fs.long_ops()])
+            listed = [{"kind": s.kind, "ino": s.ino, "label": s.label, "done": s.done, "total": s.total,
+                       "unit": s.unit} for s in self.fs.long_ops()]
+            out = control.encode_result(listed)
+            while len(out) > control.MAX_RESULT and listed:
+                listed = listed[: len(listed) // 2]  # the kernel takes at most 64 KiB: the first ones
+                out = control.encode_result(listed)
+            return out
         if name == control.STAT_XATTR:
             st = self.fs.engine.stats()
             sfs = self.fs.statfs()
@@ -485,14 +542,14 @@ class PyfsOperations(pyfuse3.Operations):
     @handler
     async def getxattr(self, inode, name, ctx):
         if inode == control.CONTROL_INO:
-            return self._query(name)
+            return await self._query(name)
         await self._wait_idle(inode)
         return self.fs.getxattr(inode, name)
 
     @handler
     async def listxattr(self, inode, ctx):
         if inode == control.CONTROL_INO:
-            return [control.STAT_XATTR, control.OPS_XATTR]
+            return [control.STAT_XATTR, control.OPS_XATTR, control.FLUSH_XATTR]
         await self._wait_idle(inode)
         return self.fs.listxattr(inode)
 

@@ -4,6 +4,7 @@
     python tools/bench.py run MOUNTPOINT [--json] [--scale S] [--quick]
     python tools/bench.py compare [--rounds N] [--json] [--scale S] [--quick]
                                   [--systems pyfs,fuse2fs,host] [--keep-order]
+    python tools/bench.py longop [--json] [--scale S] [--quick]
 
 `run` works on any directory (a mount point or a plain directory): it makes
 a fresh `pyfs-bench-*` directory inside it, runs every workload there and
@@ -50,6 +51,22 @@ and the ratios pyfs/fuse2fs and pyfs/host; since every figure is
 higher-is-better, a ratio below 1 means pyfs is slower.  The Debian packages
 fuse2fs and e2fsprogs are installed with apt-get when missing (as root).
 
+`longop` answers "while a 1 GiB collapse runs, do stat and small reads of
+other files keep answering?": on a fresh pyfs mount (3 GiB sparse image) it
+writes a 1 GiB file (real extents, 1 MiB writes, fsync), 4,000 small files
+and a 64 MiB probe file, then measures the latency of `os.stat` of a small
+file and of a 4 KiB `pread` of the probe file, one pair every 5 ms, in
+three phases: with nothing else running ("idle", 1,000 pairs); while
+`pyfs.client` collapses 1 MiB + 4 KiB at 4 MiB and inserts it back, 8
+times ("shift": each operation moves every extent after the range, the
+most steps a range of the file can cost); and while one collapse removes
+all but the first and last 64 MiB ("collapse_most": the extents are
+dropped).  Both probes are cold (caches dropped before each phase, each
+file stat'ed once, each probe block read once with POSIX_FADV_RANDOM), so
+every sample is a request the daemon answers.  It prints p50, p99 and max
+of each (ms) per phase and how long the operations took, and checks the
+big file's size and content (holes included) at the end.  --quick: 64 MiB.
+
 Exit codes: 0 every workload ran and checked, 1 a workload or a mount
 failed, 2 usage error.
 """
@@ -74,6 +91,7 @@ import sys
 import sysconfig
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -878,6 +896,308 @@ def format_table(systems, medians, ratios, args, env, sizes: Sizes) -> str:
 
 
 # --------------------------------------------------------------------------
+# longop: latency of other requests while a long operation runs
+
+
+LONGOP_PROBE_FILES = 4000
+LONGOP_PROBE_BYTES = 64 * MIB
+LONGOP_INTERVAL = 0.005  # seconds between two probe pairs
+LONGOP_IDLE_PAIRS = 1000
+LONGOP_SHIFT_ROUNDS = 8
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of `values`."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def latency_summary(samples: list[float]) -> dict:
+    if not samples:
+        return {"count": 0, "max_ms": None, "p50_ms": None, "p99_ms": None}
+    return {"count": len(samples), "max_ms": round(max(samples) * 1e3, 3),
+            "p50_ms": round(percentile(samples, 50) * 1e3, 3), "p99_ms": round(percentile(samples, 99) * 1e3, 3)}
+
+
+class Probes:
+    """Cold `stat`s of small files and cold 4 KiB reads of a probe file, one of each per `pair()`."""
+
+    def __init__(self, root: str, seed: int) -> None:
+        rng = random.Random(seed)
+        self.paths = [os.path.join(root, "small", f"s{i:05d}") for i in range(LONGOP_PROBE_FILES)]
+        rng.shuffle(self.paths)
+        self.offsets = [b * BLOCK for b in range(LONGOP_PROBE_BYTES // BLOCK)]
+        rng.shuffle(self.offsets)
+        self.fd = os.open(os.path.join(root, "probe.bin"), os.O_RDONLY)
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
+        self.next = 0
+        self.stat_s: list[float] = []
+        self.read_s: list[float] = []
+        self.wrapped = False
+
+    def pair(self) -> None:
+        i = self.next % len(self.paths)
+        j = self.next % len(self.offsets)
+        if self.next and (i == 0 or j == 0):
+            self.wrapped = True  # from here on some probes may hit the kernel's caches
+        self.next += 1
+        t0 = time.perf_counter()
+        st = os.stat(self.paths[i])
+        t1 = time.perf_counter()
+        got = os.pread(self.fd, BLOCK, self.offsets[j])
+        t2 = time.perf_counter()
+        if st.st_size != 100:
+            raise BenchError(f"longop: {self.paths[i]} has size {st.st_size}, expected 100")
+        if got[:8] != struct.pack("<Q", self.offsets[j] // BLOCK):
+            raise BenchError(f"longop: probe block at {self.offsets[j]} reads back wrong")
+        self.stat_s.append(t1 - t0)
+        self.read_s.append(t2 - t1)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def summary(self) -> dict:
+        return {"stat": latency_summary(self.stat_s), "read_4k": latency_summary(self.read_s),
+                "caches_reused": self.wrapped}
+
+
+def original_bytes(pattern: Pattern, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a file written as consecutive `pattern` chunks."""
+    size = pattern.chunk_size
+    out = bytearray()
+    for i in range(start // size, (end + size - 1) // size):
+        c = pattern.chunk(i)
+        out += c[max(0, start - i * size): min(size, end - i * size)]
+    return bytes(out)
+
+
+# A file as a list of pieces: (start, end) of the original file, or (None, n) for n bytes of hole.
+Pieces = list[tuple[int | None, int]]
+
+
+def _piece_len(piece: tuple[int | None, int]) -> int:
+    start, end = piece
+    return end if start is None else end - start
+
+
+def _piece_slice(piece: tuple[int | None, int], lo: int, hi: int) -> tuple[int | None, int]:
+    start, end = piece
+    return (None, hi - lo) if start is None else (start + lo, start + hi)
+
+
+def collapse_pieces(pieces: Pieces, offset: int, length: int) -> Pieces:
+    """`pieces` after collapsing [offset, offset+length)."""
+    out, at = [], 0
+    for piece in pieces:
+        n = _piece_len(piece)
+        cut_lo, cut_hi = max(offset, at) - at, min(offset + length, at + n) - at
+        if cut_lo >= cut_hi:
+            out.append(piece)
+        else:
+            if cut_lo > 0:
+                out.append(_piece_slice(piece, 0, cut_lo))
+            if cut_hi < n:
+                out.append(_piece_slice(piece, cut_hi, n))
+        at += n
+    return out
+
+
+def insert_pieces(pieces: Pieces, offset: int, length: int) -> Pieces:
+    """`pieces` after inserting a hole of `length` at `offset`."""
+    out, at, done = [], 0, False
+    for piece in pieces:
+        n = _piece_len(piece)
+        if not done and at <= offset < at + n:
+            if offset > at:
+                out.append(_piece_slice(piece, 0, offset - at))
+            out.append((None, length))
+            out.append(_piece_slice(piece, offset - at, n))
+            done = True
+        else:
+            out.append(piece)
+        at += n
+    return out
+
+
+def longop_measure(root: str, file_bytes: int, cache: Cache) -> dict:
+    """The body of `longop` on a mounted pyfs at `root`; returns the report."""
+    sys.path.insert(0, REPO)
+    from pyfs import client  # noqa: PLC0415 - only this subcommand needs it
+
+    chunk = 1 * MIB
+    nchunks = file_bytes // chunk
+    big = os.path.join(root, "big.bin")
+    pattern = Pattern(seed=11, chunk=chunk)
+    t0 = time.perf_counter()
+    fd = os.open(big, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for i in range(nchunks):
+            write_all(fd, pattern.chunk(i))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    write_seconds = time.perf_counter() - t0
+    os.mkdir(os.path.join(root, "small"))
+    for i in range(LONGOP_PROBE_FILES):
+        fd = os.open(os.path.join(root, "small", f"s{i:05d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            write_all(fd, bytes(100))
+        finally:
+            os.close(fd)
+    fd = os.open(os.path.join(root, "probe.bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        block_tail = random.Random(12).randbytes(BLOCK - 8)
+        for b0 in range(0, LONGOP_PROBE_BYTES // BLOCK, 256):
+            write_all(fd, b"".join(struct.pack("<Q", b) + block_tail for b in range(b0, b0 + 256)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    client.flush(root)
+
+    def phase(seed: int, background: threading.Thread | None) -> Probes:
+        cache.drop()
+        probes = Probes(root, seed)
+        try:
+            if background is not None:
+                background.start()
+            while True:
+                tick = time.perf_counter()
+                probes.pair()
+                if background is None:
+                    if probes.next >= LONGOP_IDLE_PAIRS:
+                        break
+                elif not background.is_alive():
+                    break
+                time.sleep(max(0.0, LONGOP_INTERVAL - (time.perf_counter() - tick)))
+            if background is not None:
+                background.join()
+            return probes
+        finally:
+            probes.close()
+
+    def ops_phase(seed: int, ops: list[tuple[str, int, int]]) -> tuple[Probes, dict[str, list[float]]]:
+        """Probe while `ops` (kind, offset, length) run one after the other in the background."""
+        seconds: dict[str, list[float]] = {}
+        failure: list[str] = []
+
+        def run() -> None:
+            for kind, offset, length in ops:
+                t = time.perf_counter()
+                try:
+                    getattr(client, kind)(big, offset, length)
+                except OSError as exc:
+                    failure.append(f"{kind} of {length} bytes at {offset}: {exc}")
+                    return
+                seconds.setdefault(kind, []).append(time.perf_counter() - t)
+
+        probes = phase(seed, threading.Thread(target=run, name="long operations"))
+        if failure:
+            raise BenchError(f"longop: {failure[0]}")
+        return probes, seconds
+
+    idle = phase(21, None)
+    # 1. Collapse a small range near the start, then insert it back: both move every
+    #    extent after it (the most steps), repeated to gather enough samples.
+    # 2. Collapse most of the file: its extents are dropped, the last 64 MiB move down.
+    near = (min(4 * MIB, file_bytes // 8), MIB + BLOCK)
+    shifts = [op for _ in range(LONGOP_SHIFT_ROUNDS) for op in (("collapse", *near), ("insert", *near))]
+    pieces: Pieces = [(0, file_bytes)]
+    for kind, offset, length in shifts:
+        pieces = (collapse_pieces if kind == "collapse" else insert_pieces)(pieces, offset, length)
+    shift, shift_seconds = ops_phase(22, shifts)
+    keep = max(1, min(64, nchunks // 8)) * chunk
+    most = (keep, file_bytes - 2 * keep)
+    pieces = collapse_pieces(pieces, *most)
+    drop, drop_seconds = ops_phase(23, [("collapse", *most)])
+
+    expected_size = sum(_piece_len(p) for p in pieces)
+    size = os.stat(big).st_size
+    if size != expected_size:
+        raise BenchError(f"longop: size {size} after the long operations, expected {expected_size}")
+    cache.drop()
+    with open(big, "rb", buffering=0) as f:
+        at = 0
+        for piece in pieces:
+            n = _piece_len(piece)
+            for lo in range(0, n, chunk):
+                hi = min(n, lo + chunk)
+                start, _ = _piece_slice(piece, lo, hi)
+                want = bytes(hi - lo) if start is None else original_bytes(pattern, start, start + hi - lo)
+                got = f.read(hi - lo)
+                if got != want:
+                    raise BenchError(f"longop: the file differs at offset {at}: {first_difference(got, want)}")
+                at += hi - lo
+        if f.read(1):
+            raise BenchError("longop: the file is longer than its size says")
+
+    def timing(seconds: dict[str, list[float]]) -> dict:
+        return {kind: {"count": len(v), "median_s": round(statistics.median(v), 3), "max_s": round(max(v), 3)}
+                for kind, v in seconds.items()}
+
+    return {
+        "file_bytes": file_bytes,
+        "write_mib_per_s": round(rate(file_bytes / MIB, write_seconds), 1),
+        "interval_ms": LONGOP_INTERVAL * 1e3,
+        "cold": cache.cold,
+        "idle": idle.summary(),
+        "shift": {"offset": near[0], "length": near[1], "rounds": LONGOP_SHIFT_ROUNDS,
+                  "operations": timing(shift_seconds), **shift.summary()},
+        "collapse_most": {"offset": most[0], "length": most[1], "operations": timing(drop_seconds),
+                          **drop.summary()},
+    }
+
+
+def cmd_longop(args: argparse.Namespace) -> int:
+    file_bytes = 64 * MIB if args.quick else max(16, round(GIB * args.scale / MIB)) * MIB
+    image_size = max(3 * GIB, 2 * file_bytes + GIB)
+    cache = Cache(not args.no_drop_caches)
+    work = tempfile.mkdtemp(prefix="pyfs-longop-", dir=args.workdir or tempfile.gettempdir())
+    try:
+        with mounted("pyfs", work, image_size) as (mnt, facts):
+            log(f"bench: longop: {file_bytes // MIB} MiB file on {mnt} ...")
+            report = longop_measure(mnt, file_bytes, cache)
+    finally:
+        if not os.path.ismount(os.path.join(work, "mnt")):
+            shutil.rmtree(work, ignore_errors=True)
+    report["environment"] = {"kernel": platform.release(), "python": platform.python_version(),
+                             "cpus": os.cpu_count()}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"pyfs, {file_bytes // MIB} MiB file (written at {report['write_mib_per_s']} MiB/s); "
+          f"one stat + one 4 KiB read of other files every {report['interval_ms']:.0f} ms, "
+          f"{'cold' if report['cold'] else 'warm (no drop_caches)'}")
+    phases = [("idle", "no long operation running", report["idle"])]
+    sh, cm = report["shift"], report["collapse_most"]
+
+    def took(ops: dict) -> str:
+        return ", ".join(f"{kind} {t['median_s']:.2f} s (max {t['max_s']:.2f} s, {t['count']}x)"
+                         for kind, t in ops.items())
+
+    phases.append(("shift", f"collapse then insert of {format_size(sh['length'])} at {format_size(sh['offset'])}, "
+                            f"{sh['rounds']} rounds, each moving every extent after it: {took(sh['operations'])}", sh))
+    phases.append(("collapse_most", f"collapse of {format_size(cm['length'])} at {format_size(cm['offset'])} "
+                                    f"(drops most of the file): {took(cm['operations'])}", cm))
+    print(f"  {'phase':<15} {'probe':<8} {'count':>6} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}")
+    for name, _, figures in phases:
+        for probe in ("stat", "read_4k"):
+            s = figures[probe]
+            cells = [f"{s[k]:9.2f}" if s[k] is not None else f"{'-':>9}" for k in ("p50_ms", "p99_ms", "max_ms")]
+            print(f"  {name:<15} {probe:<8} {s['count']:>6} {' '.join(cells)}")
+    for name, what, figures in phases:
+        print(f"  {name}: {what}" + ("; more samples than probes: some hit the kernel's caches"
+                                     if figures["caches_reused"] else ""))
+    return 0
+
+
+def format_size(n: int) -> str:
+    if n % MIB == 0:
+        return f"{n // MIB} MiB"
+    return f"{n / MIB:.3f} MiB"
+
+
+# --------------------------------------------------------------------------
 
 
 def size_arg(text: str) -> int:
@@ -906,7 +1226,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workdir", help="parent of the per-round temp dirs (default: the system temp dir)")
     c.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one system's workloads")
     c.add_argument("--keep-order", action="store_true", help="same system order in every round")
-    for q in (r, c):
+    lo = sub.add_parser("longop", help="latency of stat and 4 KiB reads while a 1 GiB collapse runs (pyfs)")
+    lo.add_argument("--workdir", help="parent of the temp dir holding the image (default: the system temp dir)")
+    lo.add_argument("--no-drop-caches", action="store_true", help="do not use /proc/sys/vm/drop_caches")
+    for q in (r, c, lo):
         q.add_argument("--json", action="store_true", help="print JSON (figure name -> value and unit)")
         q.add_argument("--scale", type=float, default=1.0, help="multiply every size and count by S")
         q.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -921,6 +1244,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "longop":
+            return cmd_longop(args)
         return cmd_compare(args)
     except (BenchError, OSError) as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)

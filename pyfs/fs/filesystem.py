@@ -240,6 +240,11 @@ class FileSystem:
         self.regions.clear()
         self._reap_if_unused(ino)
 
+    def rmtree_access_walk(self, parent: int, name: bytes, ctx: Ctx, chunk: int = 4096) -> Iterator[None]:
+        """The permission walk of `rmtree` for a caller other than root, in pieces (see rmtree.access_walk)."""
+        if ctx.uid != 0:
+            yield from rmtree.access_walk(self, parent, name, ctx, chunk)
+
     def long_ops(self) -> list[longops.OpStatus]:
         """Pending long operations, once their start is durable."""
         durable = self.engine.journal.durable_seq if self.engine.journal is not None else 0
@@ -274,9 +279,10 @@ class FileSystem:
         self.regions.clear()
         return self.getattr(ino)
 
-    def rmtree(self, parent: int, name: bytes, ctx: Ctx = ROOT_CTX, label: str | None = None) -> int:
+    def rmtree(self, parent: int, name: bytes, ctx: Ctx = ROOT_CTX, label: str | None = None,
+               tree_checked: bool = False) -> int:
         """Remove the directory tree `parent/name` (pyfs/fs/rmtree.py); returns the ino it had."""
-        top, steps = rmtree.start_rmtree(self, parent, name, ctx, label)
+        top, steps = rmtree.start_rmtree(self, parent, name, ctx, label, tree_checked)
         if steps:
             self._launch(longops.OP_RMTREE, top)
         else:

@@ -23,6 +23,7 @@ import errno
 import itertools
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -136,14 +137,16 @@ def _remove_top(t: Transaction, top: int, cur: dict, env: longops.StepEnv) -> bo
     return False
 
 
-def start_rmtree(fs: "FileSystem", parent: int, name: bytes, ctx: Ctx, label: str | None) -> tuple[int, bool]:
+def start_rmtree(fs: "FileSystem", parent: int, name: bytes, ctx: Ctx, label: str | None,
+                 tree_checked: bool = False) -> tuple[int, bool]:
     """Validate and begin removing the tree `parent/name`; returns (its ino, whether steps remain).
 
     The caller needs the permission rmdir(2) asks for (write and search on
     `parent`; in a sticky `parent`, owning it or the directory); a caller
     other than root also needs write and search on every directory inside,
-    as `rm -rf` would, or nothing is removed.  An empty directory goes in
-    one transaction, without a logged op.
+    as `rm -rf` would, or nothing is removed.  That walk is skipped when
+    `tree_checked` says the caller has just made it (`access_walk`, in
+    pieces).  An empty directory goes in one transaction, without a logged op.
     """
     check_name(name)
     if name in (b".", b".."):
@@ -157,8 +160,9 @@ def start_rmtree(fs: "FileSystem", parent: int, name: bytes, ctx: Ctx, label: st
         if pinode.mode & stat.S_ISVTX and ctx.uid not in (0, pinode.uid, inode.uid):
             raise FsError(errno.EPERM)
         top = entry.ino
-        if ctx.uid != 0:
-            _check_tree_access(fs, t, top, inode, ctx)
+        if ctx.uid != 0 and not tree_checked:
+            for _ in _walk(fs, t, [top], ctx, None):
+                pass
         fs._unlink_entry(t, parent, name)
         fs._put(t, parent, replace(pinode, nlink=max(2, pinode.nlink - 1), mtime_ns=now, ctime_ns=now))
         fs._put(t, top, replace(inode, nlink=0, ctime_ns=now))
@@ -172,15 +176,39 @@ def start_rmtree(fs: "FileSystem", parent: int, name: bytes, ctx: Ctx, label: st
     return top, not empty
 
 
-def _check_tree_access(fs: "FileSystem", t: Transaction, top: int, inode: Inode, ctx: Ctx) -> None:
-    """EACCES unless `ctx` may write and search every directory of the tree under `top`."""
-    stack = [(top, inode)]
-    while stack:
-        d, dinode = stack.pop()
+def access_walk(fs: "FileSystem", parent: int, name: bytes, ctx: Ctx, chunk: int) -> Iterator[None]:
+    """EACCES unless `ctx` may write and search every directory of the tree `parent/name`.
+
+    Yields after every `chunk` entries, each piece in a fresh read-only
+    view, so a driver can serve other requests during a walk of a big tree.
+    A missing `name` is left for `start_rmtree` to report.
+    """
+    with fs._view() as t:
+        entry = fs._entry(t, parent, name)
+    if entry is None:
+        return
+    todo = [entry.ino]
+    while todo:
+        with fs._view() as t:
+            for _ in _walk(fs, t, todo, ctx, chunk):
+                break
+        yield
+
+
+def _walk(fs: "FileSystem", t: Transaction, todo: list[int], ctx: Ctx, chunk: int | None) -> Iterator[None]:
+    """Check directories from `todo` (consumed, refilled with their subdirectories); yields every `chunk` entries."""
+    seen = 0
+    while todo:
+        d = todo.pop()
+        dinode = _inode(t, d)
+        if dinode is None or not stat.S_ISDIR(dinode.mode):
+            continue
         fs.check_access(dinode, 3, ctx)
         for _key, raw in t.scan(Tree.DIRENTS, prefix=(d,)):
             child = Dirent.decode(raw)
             if child.kind == stat.S_IFDIR:
-                cinode = _inode(t, child.ino)
-                if cinode is not None:
-                    stack.append((child.ino, cinode))
+                todo.append(child.ino)
+            seen += 1
+        if chunk is not None and seen >= chunk:
+            yield
+            seen = 0
