@@ -15,6 +15,8 @@ that a flush acknowledged.
 
 `make test` runs a short version (tests/test_crash.py); this script runs
 longer ones:  python tools/crashsim.py --seeds 20 --transactions 1000
+Long filesystem operations (collapse, insert, punch, zero, truncate, rmtree)
+cut at every write and flush:  python -m tools.crashsim longops --exhaustive
 """
 
 from __future__ import annotations
@@ -289,6 +291,9 @@ def explore_io_errors(seed: int, transactions: int, max_errors: int = 5) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.CRITICAL)  # injected faults log an error each; the summary is what counts
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["longops"]:
+        return longops_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds to explore (default 5)")
     parser.add_argument("--first-seed", type=int, default=1)
@@ -309,6 +314,524 @@ def main(argv: list[str] | None = None) -> int:
             print("  " + e)
         failures += bool(errors)
     print(f"{args.seeds - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+# -- long operations (issue #5): collapse, insert, punch, zero, truncate, rmtree ----------------
+#
+# `python -m tools.crashsim longops [--exhaustive]`.  A file of thousands of
+# extents (or a tree of hundreds of inodes) sits on an image whose 256 KiB
+# journal checkpoints while the operation runs.  The operation runs once on a
+# recording FaultDevice; then power is cut at its writes and flushes (every
+# one with --exhaustive, in every crash mode) and each image is mounted, which
+# must finish the operation: the tree a walk from the root sees equals the
+# model before the operation (allowed only if the crash came before its start
+# was durable) or the model after it, never anything else; no logged op is
+# left and the engine checker finds nothing (DESIGN.md invariant 7).  Then
+# images cut mid-operation are mounted over a FaultDevice and power is cut at
+# every write and flush of that mount's recovery: the mount after must still
+# give the state after the operation.
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import stat  # noqa: E402
+from collections.abc import Iterable, Iterator  # noqa: E402
+
+from pyfs.fs import FileSystem, format_filesystem  # noqa: E402
+from pyfs.fs import longops  # noqa: E402
+
+LONGOP_KINDS = ("collapse", "insert", "punch", "zero", "truncate", "rmtree")
+ROOT_INO = 1
+BLOCK = 4096
+Snapshot = dict[tuple[bytes, ...], tuple]
+
+
+@dataclass(frozen=True)
+class LongOpScenario:
+    """One long operation on one freshly built image."""
+
+    kind: str
+    extents: int = 3000         # extents of the file (rmtree: of all files in the tree together)
+    step: int = 256             # longops.STEP_EXTENTS while the operation runs and at every mount
+    image_size: int = 20 << 20  # each small write takes a 4 KiB block: 3000 extents need 12 MiB
+    checkpoint_fill: float = 0.05  # of the 256 KiB journal: several checkpoints while the operation runs
+    seed: int = 1
+
+    @property
+    def options(self) -> EngineOptions:
+        return EngineOptions(checkpoint_fill=self.checkpoint_fill)
+
+
+@dataclass
+class LongOpRun:
+    """The operation run once without faults, and what every crash image must show."""
+
+    scenario: LongOpScenario
+    base: bytes             # the durable image before the operation (closed cleanly)
+    before: Snapshot        # the tree before the operation
+    after: Snapshot         # the tree the model says the operation leaves
+    device: FaultDevice     # the recording device of the run: operation, then a clean close
+    durable_from: int       # op count from which the operation's start is durable
+    op_end: int             # op count when the operation returned (before the close)
+    checkpoints: int        # checkpoints the engine wrote while the operation ran
+    problems: list[str] = field(default_factory=list)  # the fault-free run against the model
+
+
+@contextlib.contextmanager
+def step_extents(n: int) -> Iterator[None]:
+    """Set `longops.STEP_EXTENTS` for the duration of a block."""
+    old = longops.STEP_EXTENTS
+    longops.STEP_EXTENTS = n
+    try:
+        yield
+    finally:
+        longops.STEP_EXTENTS = old
+
+
+def _digest_bytes(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def fs_snapshot(fs: FileSystem) -> Snapshot:
+    """Every path a walk from the root finds: inode, mode, owner, links, size, content and xattr digests."""
+
+    def describe(attr) -> tuple:
+        kind = stat.S_IFMT(attr.mode)
+        h = hashlib.blake2b(digest_size=16)
+        if kind == stat.S_IFREG:
+            fh = fs.open(attr.ino, os.O_RDONLY)
+            try:
+                pos = 0
+                while pos < attr.size:
+                    chunk = fs.read(fh, pos, 1 << 20)
+                    if not chunk:
+                        break
+                    h.update(chunk)
+                    pos += len(chunk)
+            finally:
+                fs.release(fh)
+        elif kind == stat.S_IFLNK:
+            h.update(fs.readlink(attr.ino))
+        xattrs = tuple(sorted((name, _digest_bytes(fs.getxattr(attr.ino, name))) for name in fs.listxattr(attr.ino)))
+        size = 0 if kind == stat.S_IFDIR else attr.size
+        return (attr.ino, attr.mode, attr.uid, attr.gid, attr.nlink, size, h.digest(), attr.rdev, xattrs)
+
+    out: Snapshot = {(): describe(fs.getattr(ROOT_INO))}
+    stack: list[tuple[int, tuple[bytes, ...]]] = [(ROOT_INO, ())]
+    while stack:
+        d, path = stack.pop()
+        for name, attr, _ in list(fs.readdir(d)):
+            if name in (b".", b".."):
+                continue
+            out[path + (name,)] = describe(attr)
+            if stat.S_ISDIR(attr.mode):
+                stack.append((attr.ino, path + (name,)))
+    return out
+
+
+def snapshot_difference(expected: Snapshot, actual: Snapshot) -> str:
+    """The first path where two snapshots differ, for a message."""
+    for path in sorted(set(expected) | set(actual)):
+        if expected.get(path) != actual.get(path):
+            return f"{b'/'.join(path)!r}: expected {expected.get(path)}, found {actual.get(path)}"
+    return ""
+
+
+def _fresh_fs_image(seed: int, size: int) -> bytearray:
+    dev = FaultDevice(bytearray(size))
+    engine = Engine.format(dev, small_geometry(seed, size))
+    format_filesystem(engine)
+    engine.close()
+    return dev.durable_image()
+
+
+def _new_file(fs: FileSystem, parent: int, name: bytes, pieces: list[tuple[int, bytes]]) -> tuple[int, bytes]:
+    """A closed, forgotten file written piece by piece; returns (ino, content)."""
+    fh, attr = fs.create(parent, name, 0o644, os.O_RDWR)
+    content = bytearray()
+    for offset, data in pieces:
+        fs.write(fh, offset, data)
+        if offset > len(content):
+            content.extend(bytes(offset - len(content)))
+        content[offset : offset + len(data)] = data
+    fs.release(fh)
+    fs.forget(attr.ino)
+    return attr.ino, bytes(content)
+
+
+def fragmented_pieces(rng: random.Random, extents: int, start: int = 0) -> list[tuple[int, bytes]]:
+    """`extents` small writes, one per 4 KiB cell at a random place inside it: one extent each, holes between."""
+    pieces = []
+    for i in range(extents):
+        offset = start + i * BLOCK + rng.randrange(0, 3000)
+        pieces.append((offset, rng.randbytes(rng.randint(20, 1000))))
+    return pieces
+
+
+def _mkdir(fs: FileSystem, parent: int, name: bytes, mode: int = 0o755) -> int:
+    attr = fs.mkdir(parent, name, mode)
+    fs.forget(attr.ino)
+    return attr.ino
+
+
+def _file_op_args(kind: str, size: int, extents: int) -> tuple:
+    """The arguments of the file operation `kind` for a fragmented file of `size` bytes."""
+    tenth = BLOCK * max(1, extents // 10)
+    if kind == "collapse":
+        return (tenth, BLOCK * max(1, extents // 20))
+    if kind == "insert":
+        return (tenth, BLOCK * 37)
+    if kind == "punch":
+        return (tenth + 123, size // 2, True)
+    if kind == "zero":
+        return (5000, size, False)  # past EOF without keep_size: the file grows
+    if kind == "truncate":
+        return (tenth + 77,)
+    raise ValueError(kind)
+
+
+def file_op_model(kind: str, data: bytes, args: tuple) -> bytes:
+    """The content a file operation leaves (the Linux fallocate semantics pyfs promises)."""
+    if kind == "collapse":
+        off, length = args
+        return data[:off] + data[off + length :]
+    if kind == "insert":
+        off, length = args
+        return data[:off] + bytes(length) + data[off:]
+    if kind in ("punch", "zero"):
+        off, length, keep_size = args
+        size = len(data) if keep_size else max(len(data), off + length)
+        out = bytearray(data[:size]) + bytes(max(0, size - len(data)))
+        end = min(off + length, size)
+        if off < end:
+            out[off:end] = bytes(end - off)
+        return bytes(out)
+    if kind == "truncate":
+        (size,) = args
+        return data[:size] + bytes(max(0, size - len(data)))
+    raise ValueError(kind)
+
+
+def run_file_op(fs: FileSystem, kind: str, ino: int, args: tuple) -> None:
+    if kind == "collapse":
+        fs.collapse(ino, *args, label="f")
+    elif kind == "insert":
+        fs.insert(ino, *args, label="f")
+    elif kind == "punch":
+        off, length, keep_size = args
+        fs.punch(ino, off, length, keep_size=keep_size, label="f")
+    elif kind == "zero":
+        off, length, keep_size = args
+        fs.zero(ino, off, length, keep_size=keep_size, label="f")
+    elif kind == "truncate":
+        fs.setattr(ino, size=args[0])
+    else:
+        raise ValueError(kind)
+
+
+def build_tree(fs: FileSystem, rng: random.Random, parent: int, extents: int) -> dict:
+    """/t: 8 directories of files (inline, one region, fragmented), symlinks, fifos, xattrs,
+    an empty directory, a 50-level chain, hard links inside the tree and one to /outside.
+    Returns {"outside_links": names of /outside inside /t}."""
+    t = _mkdir(fs, parent, b"t")
+    fs.setxattr(t, b"user.tree", rng.randbytes(3000))
+    per_file = max(1, extents // 80)
+    for d in range(8):
+        sub = _mkdir(fs, t, b"d%d" % d, 0o750 + d % 2 * 0o005)
+        fs.setxattr(sub, b"user.d", b"%d" % d)
+        _new_file(fs, sub, b"inline", [(0, rng.randbytes(200))])
+        _new_file(fs, sub, b"region", [(0, rng.randbytes(9000))])
+        for f in range(10):
+            ino, _ = _new_file(fs, sub, b"frag%d" % f, fragmented_pieces(rng, per_file))
+            if f == 0:
+                fs.setxattr(ino, b"user.big", rng.randbytes(5000))
+        fs.forget(fs.symlink(sub, b"link", b"../d0/region").ino)
+        fs.forget(fs.mknod(sub, b"fifo", stat.S_IFIFO | 0o644).ino)
+        _mkdir(fs, sub, b"empty")
+    # Hard links: /outside and /t/d0/region are one file; /t/d1/region is also /t/d2/hl.
+    d0 = fs.lookup(t, b"d0").ino
+    fs.forget(d0)
+    shared = fs.lookup(d0, b"region").ino
+    fs.forget(shared)
+    fs.forget(fs.link(shared, parent, b"outside").ino)
+    d1, d2 = fs.lookup(t, b"d1").ino, fs.lookup(t, b"d2").ino
+    fs.forget(d1)
+    fs.forget(d2)
+    inner = fs.lookup(d1, b"region").ino
+    fs.forget(inner)
+    fs.forget(fs.link(inner, d2, b"hl").ino)
+    deep = _mkdir(fs, t, b"deep")
+    for level in range(50):
+        deep = _mkdir(fs, deep, b"l%d" % level)
+        if level % 10 == 9:
+            _new_file(fs, deep, b"f", [(0, rng.randbytes(3000))])
+    return {"outside_links": 1}
+
+
+def rmtree_model(before: Snapshot, name: bytes = b"t") -> Snapshot:
+    """The tree after `rmtree(root, name)`: everything under it gone, links from outside one less."""
+    gone = {p: v for p, v in before.items() if p[:1] == (name,)}
+    after = {p: v for p, v in before.items() if p[:1] != (name,)}
+    gone_inos = [v[0] for v in gone.values()]
+    for path, v in after.items():
+        if path == ():
+            after[path] = v[:4] + (v[4] - 1,) + v[5:]  # one subdirectory less
+        elif not stat.S_ISDIR(v[1]) and v[0] in gone_inos:
+            after[path] = v[:4] + (v[4] - gone_inos.count(v[0]),) + v[5:]
+    return after
+
+
+_LONGOP_BASES: dict[LongOpScenario, tuple[bytes, Snapshot, Snapshot, tuple]] = {}
+
+
+def longop_base(sc: LongOpScenario) -> tuple[bytes, Snapshot, Snapshot, tuple]:
+    """(durable image before the operation, snapshot before, model after, what to run) for a scenario."""
+    if sc in _LONGOP_BASES:
+        return _LONGOP_BASES[sc]
+    rng = random.Random(sc.seed)
+    fs = FileSystem.mount(FaultDevice(_fresh_fs_image(sc.seed, sc.image_size)), sc.options)
+    _new_file(fs, ROOT_INO, b"keep", [(0, rng.randbytes(5000)), (70_000, rng.randbytes(3000))])
+    if sc.kind == "rmtree":
+        build_tree(fs, rng, ROOT_INO, sc.extents)
+        before = fs_snapshot(fs)
+        after = rmtree_model(before)
+        what: tuple = ("rmtree",)
+    else:
+        ino, content = _new_file(fs, ROOT_INO, b"f", fragmented_pieces(rng, sc.extents))
+        args = _file_op_args(sc.kind, len(content), sc.extents)
+        before = fs_snapshot(fs)
+        expected = file_op_model(sc.kind, content, args)
+        after = dict(before)
+        entry = before[(b"f",)]
+        after[(b"f",)] = entry[:5] + (len(expected), _digest_whole(expected)) + entry[7:]
+        what = (sc.kind, ino, args)
+    fs.close()
+    result = (bytes(fs.engine.device.durable_image()), before, after, what)
+    _LONGOP_BASES[sc] = result
+    return result
+
+
+def _digest_whole(data: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for pos in range(0, len(data), 1 << 20):
+        h.update(data[pos : pos + (1 << 20)])
+    return h.digest()
+
+
+def _run_op(fs: FileSystem, what: tuple) -> None:
+    if what[0] == "rmtree":
+        fs.rmtree(ROOT_INO, b"t", label="t")
+    else:
+        kind, ino, args = what
+        run_file_op(fs, kind, ino, args)
+
+
+def run_longop(sc: LongOpScenario) -> LongOpRun:
+    """Run the scenario's operation once on a recording device, then close cleanly."""
+    base, before, after, what = longop_base(sc)
+    dev = FaultDevice(bytearray(base))
+    with step_extents(sc.step):
+        fs = FileSystem.mount(dev, sc.options)
+        starts: list[int] = []
+        original = fs.engine._commit
+
+        def commit(updates):
+            seq = original(updates)
+            if not starts and any(tree == Tree.LOGGED_OPS and v is not None for tree, _, v in updates):
+                starts.append(len(dev.ops))
+            return seq
+
+        fs.engine._commit = commit
+        checkpoints = fs.engine.checkpoints
+        _run_op(fs, what)
+        checkpoints = fs.engine.checkpoints - checkpoints
+        op_end = len(dev.ops)
+        del fs.engine._commit
+        problems = []
+        if fs.engine.logged_ops or fs.long_ops():
+            problems.append(f"logged ops left after the call returned: {fs.long_ops()}")
+        got = fs_snapshot(fs)
+        if got != after:
+            problems.append(f"the operation without faults differs from the model: {snapshot_difference(after, got)}")
+        problems += [f"checker after the operation: {p}" for p in check_engine(fs.engine)]
+        fs.close()
+    if not starts:
+        problems.append("the operation never recorded a logged op")
+        durable_from = op_end
+    else:
+        flushes = [i for i in range(starts[0], len(dev.ops)) if dev.ops[i].kind == "flush"]
+        durable_from = flushes[0] + 1 if flushes else len(dev.ops) + 1
+    return LongOpRun(sc, base, before, after, dev, durable_from, op_end, checkpoints, problems)
+
+
+def verify_longop_image(run: LongOpRun, image: bytearray, must_finish: bool, label: str) -> list[str]:
+    """Mount a crash image: the state must be before (only if allowed) or after the operation."""
+    sc = run.scenario
+    with step_extents(sc.step):
+        try:
+            fs = FileSystem.mount(FaultDevice(image), sc.options)
+        except Exception as exc:  # noqa: BLE001 - any failure to mount is a violation here
+            return [f"{label}: mount failed: {exc!r}"]
+        errors = []
+        if fs.engine.logged_ops:
+            errors.append(f"{label}: logged ops left after mount: {longops.pending(fs.engine)}")
+        try:
+            got = fs_snapshot(fs)
+        except Exception as exc:  # noqa: BLE001
+            return errors + [f"{label}: walking the tree failed: {exc!r}"]
+        if got == run.before:
+            if must_finish:
+                errors.append(f"{label}: the operation was lost although its start was durable")
+        elif got != run.after:
+            errors.append(f"{label}: neither before nor after the operation: {snapshot_difference(run.after, got)}")
+        errors += [f"{label}: checker: {p}" for p in check_engine(fs.engine)]
+    return errors
+
+
+def pending_writes(dev: FaultDevice, op_count: int) -> int:
+    """Writes among the first `op_count` ops issued after the last flush among them."""
+    n = 0
+    for op in reversed(dev.ops[:op_count]):
+        if op.kind == "flush":
+            break
+        n += 1
+    return n
+
+
+def crash_points(dev: FaultDevice, counts: Iterable[int], modes: tuple[str, ...]) -> list[tuple[int, str]]:
+    """(op count, mode) pairs, without modes that equal drop_all because nothing is pending."""
+    out = []
+    for count in counts:
+        for mode in modes:
+            if mode != modes[0] and pending_writes(dev, count) == 0:
+                continue
+            out.append((count, mode))
+    return out
+
+
+def pending_ops_of(image: bytearray) -> list[tuple[str, int]]:
+    """The logged ops a mount of `image` would finish (read-only open, nothing written)."""
+    engine = Engine.open(FaultDevice(image), EngineOptions(read_only=True))
+    return longops.pending(engine)
+
+
+def fsck_problems(image: bytes | bytearray) -> list[str]:
+    """`fsck -n -f` of an image (nothing written): one line per problem, empty when clean."""
+    from pyfs.fsck import Options, Report, fsck
+
+    result = fsck(FaultDevice(bytearray(image)), Options(mode="check", force=True),
+                  Report(io.StringIO(), io.StringIO(), progress=False))
+    return [f.line() for f in result.findings]
+
+
+def explore_longop(run: LongOpRun, counts: Iterable[int], modes: tuple[str, ...] = MODES,
+                   seed: int = 0, max_errors: int = 5) -> tuple[int, list[str]]:
+    """Cut power after each of `counts` ops in each mode; returns (images checked, violations)."""
+    rng = random.Random(seed)
+    errors: list[str] = []
+    checked = 0
+    for count, mode in crash_points(run.device, counts, modes):
+        image = run.device.crash_image(count, mode, rng)
+        label = f"{run.scenario.kind}: cut at op {count} ({mode})"
+        errors += verify_longop_image(run, image, count >= run.durable_from, label)
+        checked += 1
+        if len(errors) >= max_errors:
+            break
+    return checked, errors
+
+
+def mid_op_images(run: LongOpRun, wanted: int, seed: int = 0) -> list[tuple[int, bytearray]]:
+    """Up to `wanted` drop_all crash images, spread over the operation, that hold an unfinished logged op."""
+    rng = random.Random(seed)
+    span = range(run.durable_from, run.op_end + 1)
+    if not span:
+        return []
+    candidates = sorted({span[int(i * (len(span) - 1) / max(1, wanted * 3 - 1))] for i in range(wanted * 3)})
+    found = []
+    for count in candidates:
+        image = run.device.crash_image(count, "drop_all", rng)
+        if pending_ops_of(bytearray(image)):
+            found.append((count, image))
+    if len(found) > wanted:
+        found = [found[int(i * (len(found) - 1) / max(1, wanted - 1))] for i in range(wanted)]
+    return found
+
+
+def explore_recovery(run: LongOpRun, image: bytearray, label: str, sample: int | None,
+                     modes: tuple[str, ...] = MODES, seed: int = 0, max_errors: int = 5) -> tuple[int, list[str]]:
+    """Mount a mid-operation image over a recording device, then cut power at every
+    write and flush of that mount's recovery (and close): the next mount must finish."""
+    sc = run.scenario
+    rec = FaultDevice(bytearray(image))
+    with step_extents(sc.step):
+        fs = FileSystem.mount(rec, sc.options)
+        fs.close()
+    counts: Iterable[int] = range(len(rec.ops) + 1)
+    if sample is not None and sample < len(rec.ops) + 1:
+        counts = sorted(random.Random(seed).sample(range(len(rec.ops) + 1), sample))
+    rng = random.Random(seed ^ 0x5EED)
+    errors: list[str] = []
+    checked = 0
+    for count, mode in crash_points(rec, counts, modes):
+        crash = rec.crash_image(count, mode, rng)
+        errors += verify_longop_image(run, crash, True, f"{label}, recovery cut at op {count}/{len(rec.ops)} ({mode})")
+        checked += 1
+        if len(errors) >= max_errors:
+            break
+    return checked, errors
+
+
+def longops_main(argv: list[str]) -> int:
+    """`crashsim longops`: power cuts during long operations and during their recovery at mount."""
+    parser = argparse.ArgumentParser(prog="crashsim longops", description=longops_main.__doc__)
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="every write and flush in every mode (default: --sample points)")
+    parser.add_argument("--kinds", default=",".join(LONGOP_KINDS), help="comma-separated operations")
+    parser.add_argument("--extents", type=int, default=3000, help="extents of the file or tree (default 3000)")
+    parser.add_argument("--step", type=int, default=None,
+                        help="longops.STEP_EXTENTS (default 256; rmtree 32, as its tree has a few hundred inodes)")
+    parser.add_argument("--checkpoint-fill", type=float, default=0.05,
+                        help="journal fill that triggers a checkpoint (default 0.05: several per operation)")
+    parser.add_argument("--sample", type=int, default=60, help="crash points per operation without --exhaustive")
+    parser.add_argument("--recovery-images", type=int, default=2,
+                        help="mid-operation images whose recovery is cut in turn (default 2)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    failures = 0
+    kinds = [k for k in args.kinds.split(",") if k]
+    for kind in kinds:
+        if kind not in LONGOP_KINDS:
+            parser.error(f"unknown operation {kind!r}; expected some of {','.join(LONGOP_KINDS)}")
+    total_start = time.monotonic()
+    for kind in kinds:
+        t0 = time.monotonic()
+        step = args.step if args.step is not None else 32 if kind == "rmtree" else 256
+        sc = LongOpScenario(kind, extents=args.extents, step=step, checkpoint_fill=args.checkpoint_fill,
+                            seed=args.seed)
+        run = run_longop(sc)
+        errors = list(run.problems)
+        ops = len(run.device.ops)
+        if args.exhaustive:
+            counts: Iterable[int] = range(ops + 1)
+        else:
+            counts = sorted(random.Random(args.seed).sample(range(ops + 1), min(args.sample, ops + 1)))
+        checked, found = explore_longop(run, counts, seed=args.seed)
+        errors += found
+        rec_checked = 0
+        mids = mid_op_images(run, args.recovery_images, seed=args.seed)
+        for count, image in mids:
+            n, found = explore_recovery(run, image, f"{kind}: cut at op {count}",
+                                        None if args.exhaustive else args.sample, seed=args.seed)
+            rec_checked += n
+            errors += found
+        print(f"{kind}: {args.extents} extents, step {step}, {ops} device ops (start durable at op "
+              f"{run.durable_from}, {run.checkpoints} checkpoints during the operation), {checked} crash images, "
+              f"{rec_checked} recovery crash images from {len(mids)} mid-operation images, "
+              f"{len(errors)} violations, {time.monotonic() - t0:.1f} s", flush=True)
+        for e in errors:
+            print("  " + e)
+        failures += bool(errors)
+    print(f"{len(kinds) - failures} passed, {failures} failed, {time.monotonic() - total_start:.1f} s")
     return 1 if failures else 0
 
 

@@ -92,10 +92,12 @@ def step_rmtree(t: Transaction, op: longops.Op, env: longops.StepEnv, limit: int
         if d == top:
             return _remove_top(t, top, cur, env)
         parent, key = path.pop()
-        cinode = _inode(t, d)
-        _remove_entry(t, parent, key, d, cinode, top, env)
+        big = _remove_entry(t, parent, key, d, _inode(t, d), top, env)
         cur["removed"] += 1
         budget -= 1
+        if big is not None:  # an emptied directory whose xattrs did not fit this step
+            cur["file"], cur["file_at"] = d, big.cursor
+            return False
         d = parent
         if budget <= 0:
             return False
@@ -144,7 +146,8 @@ def start_rmtree(fs: "FileSystem", parent: int, name: bytes, ctx: Ctx, label: st
     The caller needs the permission rmdir(2) asks for (write and search on
     `parent`; in a sticky `parent`, owning it or the directory); a caller
     other than root also needs write and search on every directory inside,
-    as `rm -rf` would, or nothing is removed.  That walk is skipped when
+    as `rm -rf` would, and in a sticky directory inside, to own it or each
+    entry (else EPERM), or nothing is removed.  That walk is skipped when
     `tree_checked` says the caller has just made it (`access_walk`, in
     pieces).  An empty directory goes in one transaction, without a logged op.
     """
@@ -204,10 +207,16 @@ def _walk(fs: "FileSystem", t: Transaction, todo: list[int], ctx: Ctx, chunk: in
         if dinode is None or not stat.S_ISDIR(dinode.mode):
             continue
         fs.check_access(dinode, 3, ctx)
+        sticky = bool(dinode.mode & stat.S_ISVTX) and ctx.uid != dinode.uid
         for _key, raw in t.scan(Tree.DIRENTS, prefix=(d,)):
             child = Dirent.decode(raw)
             if child.kind == stat.S_IFDIR:
                 todo.append(child.ino)
+            if sticky:
+                # As unlink(2) in a sticky directory: only its owner or the entry's may remove it.
+                cinode = _inode(t, child.ino)
+                if cinode is not None and cinode.uid != ctx.uid:
+                    raise FsError(errno.EPERM)
             seen += 1
         if chunk is not None and seen >= chunk:
             yield
