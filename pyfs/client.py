@@ -15,9 +15,9 @@ Promises:
   or of a tree with a mount point inside (as far as this process sees),
   EINVAL for a negative offset or length and for rmtree of "." or "..".
 - A command returns when the daemon has done what it promises:
-  collapse/insert/punch/zero when the operation is complete (after a crash
-  in the middle, the next mount completes it, unless it had not durably
-  begun: then it never happened);
+  collapse/insert/punch/zero when the operation is complete and will
+  survive a crash (after a crash in the middle, the next mount completes
+  it), and the kernel's idea of the file's size is current;
   rmtree when the directory is durably gone from its parent (its contents
   are deleted in the background, listed by `ops`); flush when everything
   committed before it is durable.
@@ -203,6 +203,11 @@ def _range_op(op: str, path: StrPath, offset: int, length: int, keep_size: bool 
         raise _error(errno.EIO, path, "the daemon answered something that is not an outcome") from None
     if outcome:
         raise _error(int(outcome), path)
+    # The daemon made the kernel drop its attributes of the file, but the
+    # kernel refreshes the size it keeps only when asked: without this, an
+    # O_APPEND write through a descriptor opened before would land at the
+    # old end of the file.
+    _stat(os.stat, path, path)
 
 
 def collapse(path: StrPath, offset: int, length: int) -> None:

@@ -297,8 +297,9 @@ class PyfsOperations(pyfuse3.Operations):
             else:
                 call(ino, request["offset"], request["length"], caller, label)
             await self._settle(background=True)
-            if ino not in self.fs.busy:
-                await self._invalidate_inode(ino)  # over already: done in one transaction, or inline
+            if ino not in self.fs.busy:  # over already: done in one transaction, or inline
+                await self.fs.fsync()  # as durable on return as one that had to begin first
+                await self._invalidate_inode(ino)
 
     async def _wait_for(self, ino: int) -> bytes:
         """Answer a wait: once `ino` is idle, with the outcome of its last command."""

@@ -957,3 +957,24 @@ def test_an_rmtree_interrupted_by_sigkill_is_finished_at_remount_and_its_space_i
     finally:
         m.cleanup()
     fsck_clean(m.image)
+
+
+@pytest.mark.parametrize("op, offset, length, size_after", [
+    ("collapse", 0, BLOCK, 3 * BLOCK),
+    ("insert", 0, BLOCK, 5 * BLOCK),
+    ("zero", 4 * BLOCK, BLOCK, 5 * BLOCK),
+])
+def test_an_append_through_a_descriptor_opened_before_the_command_lands_at_the_new_end(
+        work, op, offset, length, size_after):
+    """The kernel keeps its own size of a file and uses it for O_APPEND; the client makes it
+    current before returning, so the append goes after the operation's end of file."""
+    path = work / "f"
+    write_file(path, b"A" * 4 * BLOCK)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        range_op("client", op, path, offset, length, False if op == "zero" else None)
+        os.write(fd, b"END")
+    finally:
+        os.close(fd)
+    data = read_file(path)
+    assert len(data) == size_after + 3 and data.endswith(b"END")
