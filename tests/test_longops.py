@@ -47,6 +47,7 @@ from pyfs.fs import Ctx, FileSystem, format_filesystem
 from pyfs.fs import longops
 from pyfs.fs.data import inline_max
 from pyfs.fs.filesystem import MAX_FILE_SIZE
+from test_fs_core import contents, errno_of, new_dir
 from tools.crashsim import (
     fs_snapshot,
     fsck_problems,
@@ -112,14 +113,6 @@ def remount(fs: FileSystem, options: EngineOptions | None = None) -> FileSystem:
     return FileSystem.mount(FaultDevice(fs.engine.device.durable_image()), options)
 
 
-def errno_of(fn: Callable, *args, **kwargs) -> int | None:
-    try:
-        fn(*args, **kwargs)
-    except OSError as exc:
-        return exc.errno
-    return None
-
-
 def new_file(fs: FileSystem, parent: int, name: bytes, pieces: list[tuple[int, bytes]] = (),
              mode: int = 0o644, ctx: Ctx = Ctx()) -> int:
     """A file written piece by piece, closed and forgotten."""
@@ -129,20 +122,6 @@ def new_file(fs: FileSystem, parent: int, name: bytes, pieces: list[tuple[int, b
     fs.release(fh)
     fs.forget(attr.ino)
     return attr.ino
-
-
-def new_dir(fs: FileSystem, parent: int, name: bytes, mode: int = 0o755, ctx: Ctx = Ctx()) -> int:
-    attr = fs.mkdir(parent, name, mode, ctx)
-    fs.forget(attr.ino)
-    return attr.ino
-
-
-def contents(fs: FileSystem, ino: int) -> bytes:
-    fh = fs.open(ino, os.O_RDONLY)
-    try:
-        return fs.read(fh, 0, fs.getattr(ino).size + 1)
-    finally:
-        fs.release(fh)
 
 
 def inode_of(fs: FileSystem, ino: int) -> Inode:
