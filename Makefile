@@ -12,12 +12,17 @@ PYTEST_ARGS ?= -q -x
 IMAGE       ?= pyfs.img
 IMAGE_SIZE  ?= 1G
 MOUNTPOINT  ?= mnt
+# `make crashloop`: kill-and-remount rounds with power-loss images (tools/crashloop.py, docs/crashloop.md).
+ROUNDS      ?= 100
+SEED        ?= 1
+IMAGES      ?= 10
+CRASHLOOP_ARGS ?=
 
 # fuse3 gives fusermount3 (mounting as a user); pyfuse3 compiles against
 # libfuse3-dev, found through pkg-config.
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config
 
-.PHONY: setup test mount umount clean
+.PHONY: setup test crashloop mount umount clean
 
 setup: $(STAMP)
 
@@ -50,6 +55,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A long crash loop: ROUNDS kills of a real mount, IMAGES power-loss images per round.
+crashloop: $(STAMP)
+	$(PY) tools/crashloop.py --rounds $(ROUNDS) --seed $(SEED) --power-cut --images $(IMAGES) $(CRASHLOOP_ARGS)
 
 mount: $(STAMP)
 	@if mountpoint -q $(MOUNTPOINT) 2>/dev/null; then \

@@ -99,7 +99,7 @@ def _open_filesystem(image: str, read_only: bool, record: str | None = None):
         raise CliError(f"{image}: {exc}; run fsck.pyfs") from None
     except OSError as exc:
         device.close()
-        raise CliError(f"{image}: {exc}") from None
+        raise CliError(f"{image}: {exc.strerror or exc}") from None
 
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}

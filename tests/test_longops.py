@@ -44,7 +44,6 @@ from pyfs.device import FaultDevice, PowerCut
 from pyfs.engine import Engine, EngineOptions
 from pyfs.format.records import ORPHAN_PREFIX, BucketKind, Extent, Inode, Tree
 from pyfs.fs import Ctx, FileSystem, format_filesystem
-from pyfs.fs import longops
 from pyfs.fs.data import inline_max
 from pyfs.fs.filesystem import MAX_FILE_SIZE
 from test_fs_core import contents, errno_of, new_dir
