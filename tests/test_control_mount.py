@@ -807,8 +807,7 @@ def test_a_collapse_interrupted_by_sigkill_has_completed_after_remount():
             op = wait_for(lambda: (op := running(m.mountpoint, "collapse")) and 0 < op["done"] < op["total"] and op,
                           "the collapse to show progress in pyfs ops")
             # Progress means a step ran, and the daemon makes an operation's start durable before its
-            # first step: the kill must now end in a completed collapse.  (`pyfs flush` would wait for
-            # the collapse to end: the kernel serialises setxattr calls on the control file.)
+            # first step: the kill must now end in a completed collapse.
             assert op["label"] == str(path) and op["unit"] == "bytes" and op["total"] == size - offset
             table = pyfs_cli("ops", m.mountpoint)
             assert table.returncode == 0 and re.search(rf"^collapse +{re.escape(str(path))} +\d+%", table.stdout,
