@@ -75,8 +75,10 @@ def _control_file(real: str, given: StrPath) -> str:
     candidate = os.path.join(top, os.fsdecode(control.CONTROL_NAME))
     try:
         st = os.lstat(candidate)
-    except OSError:
+    except FileNotFoundError:
         st = None
+    except OSError as exc:  # e.g. ENOTCONN: a pyfs mount whose daemon died
+        raise _error(exc.errno or errno.EIO, given) from None
     if st is None or st.st_dev != dev or st.st_ino != control.CONTROL_INO:
         raise _error(errno.ENOTTY, given, "not on a pyfs filesystem")
     return candidate

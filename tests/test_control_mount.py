@@ -977,3 +977,17 @@ def test_an_append_through_a_descriptor_opened_before_the_command_lands_at_the_n
         os.close(fd)
     data = read_file(path)
     assert len(data) == size_after + 3 and data.endswith(b"END")
+
+
+def test_a_mount_whose_daemon_died_is_reported_as_enotconn_not_as_foreign():
+    with fresh_mount("256M") as m:
+        write_file(m / "f", b"x" * BLOCK)
+        os.kill(m.pid, signal.SIGKILL)
+        assert m.wait_daemon() == -signal.SIGKILL
+        try:
+            raises_errno(errno.ENOTCONN, client.ops, m.mountpoint)
+            assert one_line_error(pyfs_cli("stat", m.mountpoint)).errno == errno.ENOTCONN
+        finally:
+            subprocess.run(["fusermount3", "-u", "-z", str(m.mountpoint)], check=True, timeout=60)
+        m.mount()
+        assert client.ops(m.mountpoint) == []
