@@ -77,12 +77,6 @@ def shift_up(t: Transaction, ino: int, start: int, below: int | None, by: int, l
     return batch[limit][0][1] + 1 if len(batch) > limit else None
 
 
-def has_extents(t: Transaction, ino: int, start: int, end: int | None) -> bool:
-    """True if an extent starts in [start, end)."""
-    stop = (ino, end) if end is not None else (ino + 1, 0)
-    return next(iter(t.scan(Tree.EXTENTS, (ino, start), stop)), None) is not None
-
-
 def count_extents(t: Transaction, ino: int, start: int, end: int | None, upto: int) -> int:
     """How many extents start in [start, end), counting no further than `upto`."""
     stop = (ino, end) if end is not None else (ino + 1, 0)

@@ -43,7 +43,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..engine import Engine
-from ..format.keys import encode_key
 from ..format.records import ORPHAN_PREFIX, Inode, LoggedOp, Tree
 from ..trans import Transaction
 from . import extent_moves as moves
@@ -58,7 +57,6 @@ OP_ZERO = "zero"
 OP_COLLAPSE = "collapse"
 OP_INSERT = "insert"
 OP_RMTREE = "rmtree"
-KINDS = (OP_TRUNCATE, OP_DELETE, OP_PUNCH, OP_ZERO, OP_COLLAPSE, OP_INSERT, OP_RMTREE)
 RANGE_KINDS = (OP_PUNCH, OP_ZERO, OP_COLLAPSE, OP_INSERT)
 
 
@@ -117,11 +115,6 @@ def start_truncate(t: Transaction, ino: int, size: int) -> None:
     start(t, OP_TRUNCATE, ino, {"size": size})
 
 
-def start_delete(t: Transaction, ino: int) -> None:
-    """Record, in the caller's transaction, that inode `ino` must be deleted with all it owns."""
-    start(t, OP_DELETE, ino, {})
-
-
 def delete_small(t: Transaction, ino: int) -> bool:
     """Delete inode `ino` with all it owns inside `t` if one step suffices.
 
@@ -155,10 +148,6 @@ def run(engine: Engine, kind: str, ino: int, env: StepEnv = MOUNT_ENV) -> None:
         pass
 
 
-def is_pending(engine: Engine, kind: str, ino: int) -> bool:
-    return encode_key(op_key(kind, ino)) in engine.logged_ops
-
-
 # -- the steps ---------------------------------------------------------------------------
 
 
@@ -184,6 +173,7 @@ def _step_truncate(t: Transaction, op: Op, env: StepEnv) -> bool:
 
 
 def delete_step(t: Transaction, op: Op, env: StepEnv) -> bool:
+    """One step of deleting inode `ino`: its extents, then its xattrs, then the inode and orphan key."""
     ino = int(op.args["ino"])
     at = int(op.cursor) if isinstance(op.cursor, int) else 0
     op.cursor = _drop(t, ino, at, None)
