@@ -156,22 +156,18 @@ def cmd_rmtree(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ops(args: argparse.Namespace) -> int:
-    try:
-        running = client.ops(args.mountpoint)
-    except OSError as exc:
-        return _failed("ops", args.mountpoint, exc)
-    print(json.dumps(running, indent=1) if args.json else format_ops(running))
-    return 0
+def _query_command(name: str, fetch: Callable[[str], object], show: Callable) -> Callable[[argparse.Namespace], int]:
+    """The `func` of ops/stat: ask the daemon, print a table or (--json) the JSON."""
 
+    def run(args: argparse.Namespace) -> int:
+        try:
+            answer = fetch(args.mountpoint)
+        except OSError as exc:
+            return _failed(name, args.mountpoint, exc)
+        print(json.dumps(answer, indent=1) if args.json else show(answer))
+        return 0
 
-def cmd_stat(args: argparse.Namespace) -> int:
-    try:
-        figures = client.stat(args.mountpoint)
-    except OSError as exc:
-        return _failed("stat", args.mountpoint, exc)
-    print(json.dumps(figures, indent=1) if args.json else format_stat(figures))
-    return 0
+    return run
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
@@ -227,11 +223,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     o = sub.add_parser("ops", help="list the long operations running")
     o.add_argument("mountpoint", metavar="MOUNTPOINT")
     o.add_argument("--json", action="store_true", help="print JSON")
-    o.set_defaults(func=cmd_ops)
+    o.set_defaults(func=_query_command("ops", client.ops, format_ops))
     s = sub.add_parser("stat", help="space, keys, journal and commit figures of a mount")
     s.add_argument("mountpoint", metavar="MOUNTPOINT")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.set_defaults(func=cmd_stat)
+    s.set_defaults(func=_query_command("stat", client.stat, format_stat))
     f = sub.add_parser("flush", help="return when everything committed is durable")
     f.add_argument("mountpoint", metavar="MOUNTPOINT")
     f.set_defaults(func=cmd_flush)

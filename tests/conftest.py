@@ -1,10 +1,9 @@
-"""Shared test set-up: the repository root is importable (for `tools.*` harnesses)."""
+"""Shared test set-up: the repository root is importable (for `tools.*` harnesses), real mounts, a stepping clock."""
 
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 
 # -- real mounts ------------------------------------------------------------------------
 #
@@ -177,3 +176,19 @@ def mounted(pyfs_mount):
     """A freshly formatted image mounted at `mounted.mountpoint` (unmounted at the end)."""
     pyfs_mount.mount()
     return pyfs_mount
+
+
+# -- a clock for timestamp tests ---------------------------------------------------------
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A clock that moves 1001 ns per reading, so every timestamp is new and not a multiple of 1000."""
+    now = [time.time_ns() // 1000 * 1000 + 7]
+
+    def time_ns() -> int:
+        now[0] += 1001
+        return now[0]
+
+    monkeypatch.setattr(time, "time_ns", time_ns)
+    return now

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 
 import pytest
 import trio
@@ -56,19 +55,6 @@ def fs():
     yield fs
     if not fs.engine.closed and fs.engine.failed is None:
         assert check_engine(fs.engine) == []
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    """A clock that moves 1001 ns per reading, so every timestamp is new and not a multiple of 1000."""
-    now = [time.time_ns() // 1000 * 1000 + 7]
-
-    def time_ns() -> int:
-        now[0] += 1001
-        return now[0]
-
-    monkeypatch.setattr(time, "time_ns", time_ns)
-    return now
 
 
 def remount(fs: FileSystem, options: EngineOptions | None = None) -> FileSystem:

@@ -30,7 +30,6 @@ import errno
 import os
 import random
 import stat
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ from pyfs.format.records import ORPHAN_PREFIX, BucketKind, Extent, Inode, Tree
 from pyfs.fs import Ctx, FileSystem, format_filesystem
 from pyfs.fs.data import inline_max
 from pyfs.fs.filesystem import MAX_FILE_SIZE
-from test_fs_core import contents, errno_of, new_dir
+from test_fs_core import contents, errno_of, new_dir, remount
 from tools.crashsim import (
     fs_snapshot,
     fsck_problems,
@@ -92,24 +91,6 @@ def fs(small_steps) -> Iterator[FileSystem]:
     if not fs.engine.closed and fs.engine.failed is None:
         assert check_engine(fs.engine) == []
         assert fs.engine.logged_ops == {}
-
-
-@pytest.fixture
-def clock(monkeypatch) -> list[int]:
-    """A clock that moves 1001 ns per reading, so every timestamp is new."""
-    now = [time.time_ns() // 1000 * 1000 + 7]
-
-    def time_ns() -> int:
-        now[0] += 1001
-        return now[0]
-
-    monkeypatch.setattr(time, "time_ns", time_ns)
-    return now
-
-
-def remount(fs: FileSystem, options: EngineOptions | None = None) -> FileSystem:
-    fs.close()
-    return FileSystem.mount(FaultDevice(fs.engine.device.durable_image()), options)
 
 
 def new_file(fs: FileSystem, parent: int, name: bytes, pieces: list[tuple[int, bytes]] = (),

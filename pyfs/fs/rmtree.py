@@ -168,8 +168,7 @@ def start_rmtree(fs: "FileSystem", parent: int, name: bytes, ctx: Ctx, label: st
                 pass
         fs._unlink_entry(t, parent, name)
         fs._put(t, parent, replace(pinode, nlink=max(2, pinode.nlink - 1), mtime_ns=now, ctime_ns=now))
-        fs._put(t, top, replace(inode, nlink=0, ctime_ns=now))
-        t.put(Tree.MISC, (ORPHAN_PREFIX, top), b"")
+        fs._drop_link(t, top, inode, now)  # nlink 0 and an orphan key
         empty = not _has_entries(t, top)
         if not empty:
             args: dict = {"parent": parent}
