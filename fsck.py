@@ -1,3 +1,3 @@
-from pyfs.fsck_cli import main
+from pyfs.cli.fsck import main
 
 raise SystemExit(main())

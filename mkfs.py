@@ -1,3 +1,3 @@
-from pyfs.mkfs_cli import main
+from pyfs.cli.mkfs import main
 
 raise SystemExit(main())

@@ -20,9 +20,9 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from pyfs.btree import NodeStore, Ptr
-from pyfs.device import FaultDevice
-from pyfs.engine import Engine, EngineOptions
+from pyfs.engine.btree import NodeStore, Ptr
+from pyfs.engine.device import FaultDevice
+from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.keys import decode_key, encode_key
 from pyfs.format.node import HEADER_SIZE as NODE_HEADER_SIZE
 from pyfs.format.records import (
@@ -42,8 +42,8 @@ from pyfs.fs import FileSystem
 from pyfs.fs.longops import start_truncate
 from pyfs.fs.names import name_hash
 from pyfs.fsck.scan import read_image
-from pyfs.journal.scan import Located, find_entries
-from pyfs.mkfs_cli import write_filesystem
+from pyfs.engine.journal_scan import Located, find_entries
+from pyfs.cli.mkfs import write_filesystem
 
 IMAGE_SIZE = 8 << 20
 BULK_FILES = 300

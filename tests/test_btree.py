@@ -28,9 +28,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from pyfs.btree import BTree, Node, NodeStore, Ptr
-from pyfs.device import FaultDevice
-from pyfs.engine import Engine, EngineOptions
+from pyfs.engine.btree import BTree, Node, NodeStore, Ptr
+from pyfs.engine.device import FaultDevice
+from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.errors import FormatError
 from pyfs.format.keys import encode_key
 from pyfs.format.node import encode_node

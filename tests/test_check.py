@@ -26,15 +26,15 @@ import random
 
 import pytest
 
-from pyfs.btree import Ptr
-from pyfs.check import Problem, check_engine, check_image
-from pyfs.device import FaultDevice
-from pyfs.engine import Engine, EngineOptions
+from pyfs.engine.btree import Ptr
+from pyfs.engine.check import Problem, check_engine, check_image
+from pyfs.engine.device import FaultDevice
+from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.keys import encode_key
 from pyfs.format.node import HEADER_SIZE as NODE_HEADER_SIZE
 from pyfs.format.records import NODE_TREES, AllocInfo, Extent, LoggedOp, Tree
-from pyfs.journal import JournalCorrupt
-from pyfs.journal.scan import Located, find_entries
+from pyfs.engine.journal_scan import JournalCorrupt
+from pyfs.engine.journal_scan import Located, find_entries
 from tools.crashsim import fresh_image
 
 REGION = 12288

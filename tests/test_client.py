@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pyfs import client, control
-from pyfs.cli import main
-from pyfs.tool_cli import UsageError, format_bytes, format_ops, format_progress, format_stat, parse_size
+from pyfs.client import commands as client
+from pyfs.format import control
+from pyfs.cli.main import main
+from pyfs.cli.control_commands import UsageError, format_bytes, format_ops, format_progress, format_stat, parse_size
 
 REPO = Path(__file__).resolve().parent.parent
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -268,16 +269,16 @@ def test_a_missing_file_exits_1_naming_enoent(capsys, tmp_path):
 
 
 def test_the_usage_block_of_pyfs_lists_the_control_commands():
-    import pyfs.cli
+    import pyfs.cli.main
 
     for command in ("collapse", "insert", "punch", "zero", "rmtree", "ops", "stat", "flush"):
-        assert f"    pyfs {command} " in pyfs.cli.__doc__
+        assert f"    pyfs {command} " in pyfs.cli.main.__doc__
     result = run_cli("--help")
     assert result.returncode == 0 and "collapse" in result.stdout and "rmtree" in result.stdout
 
 
 def test_the_client_imports_no_fuse_library():
-    code = ("import sys, pyfs.client, pyfs.tool_cli; "
+    code = ("import sys, pyfs.client, pyfs.cli.control_commands; "
             "print(json.dumps(sorted(m for m in sys.modules if 'fuse' in m or m == 'trio')))")
     result = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True,
                             cwd=REPO, timeout=60)

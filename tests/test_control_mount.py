@@ -44,7 +44,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, PyfsMount, is_mountpoint, make_image, pyfs_cli
-from pyfs import client, control
+from pyfs.client import commands as client
+from pyfs.format import control
 from pyfs.format.records import NODE_TREES, ROOT_INO
 
 pytestmark = [pytest.mark.slow,
@@ -897,8 +898,8 @@ def build_tree_offline(image: Path, files: int, data_every: int, data_size: int)
     Six times faster than through FUSE; the core is the code the daemon runs.
     Returns (free bytes before, free bytes after), as statfs reports them.
     """
-    from pyfs.device import FileDevice
-    from pyfs.engine import EngineOptions
+    from pyfs.engine.device import FileDevice
+    from pyfs.engine.engine import EngineOptions
     from pyfs.fs import FileSystem
 
     with FileDevice.open(image) as device:

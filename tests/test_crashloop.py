@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, make_image
-from pyfs.device import FileDevice
+from pyfs.engine.device import FileDevice
 from pyfs.format.records import ROOT_INO
 from pyfs.fs import FileSystem
-from pyfs.recorder import FAILED, FLUSH, WRITE, RecordingDevice, read_log
+from pyfs.engine.recorder import FAILED, FLUSH, WRITE, RecordingDevice, read_log
 
 sys.path.insert(0, str(REPO / "tools"))
 

@@ -14,17 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyfs.device import (
-    MODES,
-    SECTOR,
-    Device,
-    DeviceBusy,
-    DeviceError,
-    DeviceOp,
-    FaultDevice,
-    FileDevice,
-    PowerCut,
-)
+from pyfs.engine.device import MODES, SECTOR, Device, DeviceBusy, DeviceError, DeviceOp, FaultDevice, FileDevice, PowerCut
 
 IMAGE_SIZE = 64 * 1024
 
@@ -222,7 +212,7 @@ def test_lock_held_by_another_process_is_refused_as_busy(image_path):
             textwrap.dedent(
                 """
                 import sys
-                from pyfs.device import FileDevice
+                from pyfs.engine.device import FileDevice
                 dev = FileDevice.open(sys.argv[1])
                 print("locked", flush=True)
                 sys.stdin.read()

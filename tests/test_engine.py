@@ -30,17 +30,17 @@ from dataclasses import replace
 import pytest
 import trio
 
-from pyfs.check import check_engine, check_image
-from pyfs.device import FaultDevice
-from pyfs.engine import Engine, EngineOptions
+from pyfs.engine.check import check_engine, check_image
+from pyfs.engine.device import FaultDevice
+from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.errors import FormatError, NotPyfs, UnsupportedVersion
 from pyfs.format.keys import MAX_KEY_BYTES, encode_key
 from pyfs.format.records import NODE_TREES, Extent, LoggedOp, Tree
 from pyfs.format.superblock import BLOCK_SIZE, plan_geometry
-from pyfs.journal import JournalCorrupt
-from pyfs.journal.scan import find_entries
-from pyfs.superblock_io import read_superblock
-from pyfs.trans import TransactionClosed
+from pyfs.engine.journal_scan import JournalCorrupt
+from pyfs.engine.journal_scan import find_entries
+from pyfs.engine.superblock_io import read_superblock
+from pyfs.engine.transaction import TransactionClosed
 from tools.crashsim import fresh_image
 
 IMAGE_SIZE = 4 << 20

@@ -22,9 +22,9 @@ import stat
 import pytest
 import trio
 
-from pyfs.check import check_engine
-from pyfs.device import FaultDevice, PowerCut
-from pyfs.engine import Engine, EngineOptions
+from pyfs.engine.check import check_engine
+from pyfs.engine.device import FaultDevice, PowerCut
+from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.records import Extent, Tree
 from pyfs.fs import NOW, Ctx, FileSystem, FsError, format_filesystem
 from pyfs.fs import longops

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from pyfs.check import check_engine
-from pyfs.device import FaultDevice
-from pyfs.engine import Engine, EngineOptions
+from pyfs.engine.check import check_engine
+from pyfs.engine.device import FaultDevice
+from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.fs import Ctx, FileSystem, format_filesystem
 from pyfs.fs.xattrs import XATTR_CREATE, XATTR_REPLACE
 from tools.crashsim import small_geometry

@@ -45,11 +45,11 @@ from fsck_corpus import (
     healthy_image,
     snapshot,
 )
-from pyfs.device import FaultDevice, FileDevice, PowerCut
-from pyfs.engine import EngineOptions
+from pyfs.engine.device import FaultDevice, FileDevice, PowerCut
+from pyfs.engine.engine import EngineOptions
 from pyfs.fs import FileSystem
 from pyfs.fsck import Options, Report, fsck
-from pyfs.fsck_cli import main
+from pyfs.cli.fsck import main
 from tools import fuzz_fsck
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -389,8 +389,8 @@ def test_progress_bars_appear_only_on_a_terminal_and_only_for_big_passes():
 
 
 def test_salvage_mode_replays_up_to_a_damaged_entry_that_normal_open_refuses(healthy):
-    from pyfs.engine import Engine
-    from pyfs.journal import JournalCorrupt
+    from pyfs.engine.engine import Engine
+    from pyfs.engine.journal_scan import JournalCorrupt
 
     image = find_case("journal entry proven flushed is damaged").build(healthy)
     with pytest.raises(JournalCorrupt):
@@ -403,7 +403,7 @@ def test_salvage_mode_replays_up_to_a_damaged_entry_that_normal_open_refuses(hea
 
 
 def test_close_without_the_clean_flag_makes_the_next_fsck_check_in_full(healthy, tmp_path):
-    from pyfs.engine import Engine
+    from pyfs.engine.engine import Engine
 
     dev = FaultDevice(healthy)
     Engine.open(dev).close(clean=False)

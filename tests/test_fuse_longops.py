@@ -22,10 +22,10 @@ import pyfuse3
 import pytest
 import trio
 
-from pyfs import control
-from pyfs.device import FaultDevice
+from pyfs.format import control
+from pyfs.engine.device import FaultDevice
 from pyfs.fs import FileSystem, longops
-from pyfs.fuse import PyfsOperations
+from pyfs.mount.operations import PyfsOperations
 from test_fs_core import fresh_image
 
 ROOT = 1

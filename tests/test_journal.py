@@ -30,8 +30,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pyfs.device import FaultDevice
-from pyfs.engine import Engine, EngineOptions
+from pyfs.engine.device import FaultDevice
+from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.checksum import checksum
 from pyfs.format.journal_entry import (
     _CSUM,
@@ -47,8 +47,8 @@ from pyfs.format.journal_entry import (
 from pyfs.format.keys import encode_key
 from pyfs.format.records import NODE_TREES, LoggedOp, Tree
 from pyfs.format.superblock import plan_geometry
-from pyfs.journal import JournalCorrupt
-from pyfs.journal.scan import Located, find_entries, plan_replay
+from pyfs.engine.journal_scan import JournalCorrupt
+from pyfs.engine.journal_scan import Located, find_entries, plan_replay
 
 SEED = 0x5EED_0F_F5
 U64 = st.integers(0, (1 << 64) - 1)

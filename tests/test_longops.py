@@ -38,9 +38,9 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from pyfs.check import check_engine
-from pyfs.device import FaultDevice, PowerCut
-from pyfs.engine import Engine, EngineOptions
+from pyfs.engine.check import check_engine
+from pyfs.engine.device import FaultDevice, PowerCut
+from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.records import ORPHAN_PREFIX, BucketKind, Extent, Inode, Tree
 from pyfs.fs import Ctx, FileSystem, format_filesystem
 from pyfs.fs.data import inline_max

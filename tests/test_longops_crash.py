@@ -26,7 +26,7 @@ import random
 
 import pytest
 
-from pyfs.device import MODES
+from pyfs.engine.device import MODES
 from tools.crashsim import (
     LongOpRun,
     LongOpScenario,

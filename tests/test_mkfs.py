@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from pyfs import mkfs_cli
-from pyfs.device import FileDevice
-from pyfs.engine import Engine
+from pyfs.cli import mkfs as mkfs_cli
+from pyfs.engine.device import FileDevice
+from pyfs.engine.engine import Engine
 from pyfs.format.errors import FormatError, NotPyfs, UnsupportedVersion
 from pyfs.format.keys import encode_key
 from pyfs.format.records import NEXT_INO_KEY, ROOT_INO, Inode, Tree, unpack
 from pyfs.format.superblock import BLOCK_SIZE, MIN_JOURNAL_SIZE
-from pyfs.mkfs_cli import find_nonzero, human_size, parse_size
-from pyfs.superblock_io import read_superblock
+from pyfs.cli.mkfs import find_nonzero, human_size, parse_size
+from pyfs.engine.superblock_io import read_superblock
 
 MKFS = str(Path(__file__).resolve().parent.parent / "mkfs.py")
 MiB = 1 << 20

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PyfsMount, is_mountpoint, make_image, pyfs_cli
-from pyfs.check import check_image
-from pyfs.device import FileDevice
+from pyfs.engine.check import check_image
+from pyfs.engine.device import FileDevice
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")]

@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from pyfs.device import FileDevice
-from pyfs.engine import Engine, EngineOptions
+from pyfs.engine.device import FileDevice
+from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.keys import encode_key
 from pyfs.format.records import Tree
 from pyfs.format.superblock import plan_geometry

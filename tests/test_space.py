@@ -10,9 +10,9 @@ import errno
 
 import pytest
 
-from pyfs.check import check_engine, check_image
-from pyfs.device import FaultDevice
-from pyfs.engine import Engine
+from pyfs.engine.check import check_engine, check_image
+from pyfs.engine.device import FaultDevice
+from pyfs.engine.engine import Engine
 from pyfs.format.records import BucketKind, Extent, Tree
 from tools.crashsim import fresh_image
 

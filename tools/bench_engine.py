@@ -40,11 +40,11 @@ from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pyfs.engine import Engine, EngineOptions  # noqa: E402
+from pyfs.engine.engine import Engine, EngineOptions  # noqa: E402
 from pyfs.format.checksum import seed_from_uuid  # noqa: E402
 from pyfs.format.keys import encode_key  # noqa: E402
 from pyfs.format.records import Tree  # noqa: E402
-from pyfs.journal import scan_journal  # noqa: E402
+from pyfs.engine.journal_scan import scan_journal  # noqa: E402
 from tools.benchlib import (  # noqa: E402
     GIB,
     MIB,

@@ -23,8 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from pyfs.device import FileDevice  # noqa: E402
-from pyfs.engine import Engine, EngineOptions  # noqa: E402
+from pyfs.engine.device import FileDevice  # noqa: E402
+from pyfs.engine.engine import Engine, EngineOptions  # noqa: E402
 from pyfs.format.superblock import DEFAULT_NODE_SIZE, plan_geometry  # noqa: E402
 
 MIB = 1 << 20

@@ -203,7 +203,7 @@ def lazy_unmount(mnt: str) -> None:
 
 def run_fsck(image: str) -> tuple[int, str]:
     """`fsck -n IMAGE`, in process (the same code as fsck.py): (exit code, output)."""
-    from pyfs import fsck_cli
+    from pyfs.cli import fsck as fsck_cli
 
     out = io.StringIO()
     code = fsck_cli.main(["-n", image], stdout=out, stderr=out)
@@ -536,7 +536,7 @@ class CrashLoop:
 
     def _client_available(self) -> bool:
         try:
-            import pyfs.client  # noqa: F401
+            import pyfs.client.commands  # noqa: F401
         except ImportError as exc:
             self.summary.notes.append(f"long operations off: pyfs.client cannot be imported ({exc})")
             return False
@@ -644,7 +644,7 @@ class CrashLoop:
         another file's stamps.  Both go through the core API, so fsck stays
         happy and the next remount must report the violation.
         """
-        from pyfs.device import FileDevice
+        from pyfs.engine.device import FileDevice
         from pyfs.format.records import ROOT_INO
         from pyfs.fs import FileSystem
 
@@ -809,7 +809,7 @@ class CrashLoop:
 
         from pyfs.fs import FileSystem
         from pyfs.fsck import Options, Report, fsck
-        from pyfs.recorder import FILE_HEADER, read_log
+        from pyfs.engine.recorder import FILE_HEADER, read_log
 
         t0 = time.monotonic()
         base_path = os.path.join(self.workdir, "pre-mount.img")

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 from crashloop_model import CHUNK, Entry, TreeState, chunk_digest, content_digest, file_kind, mtime_key, xattrs_digest
 
-from pyfs.device import SECTOR, DeviceError
-from pyfs.recorder import FAILED, FLUSH, WRITE, Record
+from pyfs.engine.device import SECTOR, DeviceError
+from pyfs.engine.recorder import FAILED, FLUSH, WRITE, Record
 
 PAGE = 4096
 READ = 16 * CHUNK  # bytes per core read call when reading a tree back

@@ -726,7 +726,7 @@ class Workload:
     # -- long operations (pyfs/client.py) --------------------------------------------------------------
 
     def _client(self):
-        import pyfs.client as client
+        import pyfs.client.commands as client
 
         return client
 

@@ -33,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from pyfs.device import FileDevice  # noqa: E402
+from pyfs.engine.device import FileDevice  # noqa: E402
 from pyfs.format.records import ROOT_INO  # noqa: E402
 from pyfs.fs import FileSystem  # noqa: E402
 
@@ -67,7 +67,7 @@ def fill(image: str, files: int, crash_tail: int) -> dict:
 
 # fsck.py in a child that reports its own peak RSS on its last stderr line.
 _CHILD = (
-    "import resource, sys; sys.path.insert(0, {repo!r}); from pyfs.fsck_cli import main; rc = main(sys.argv[1:]); "
+    "import resource, sys; sys.path.insert(0, {repo!r}); from pyfs.cli.fsck import main; rc = main(sys.argv[1:]); "
     "sys.stderr.write('\\nMAXRSS %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
 )
 

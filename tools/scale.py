@@ -45,7 +45,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pyfs.engine import EngineOptions  # noqa: E402
+from pyfs.engine.engine import EngineOptions  # noqa: E402
 from pyfs.format.keys import encode_key  # noqa: E402
 from pyfs.format.records import Tree  # noqa: E402
 from tools.benchlib import (  # noqa: E402

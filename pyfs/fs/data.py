@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from ..engine import MAX_DATA_REGION, Engine
+from ..engine.engine import MAX_DATA_REGION, Engine
 from ..format.records import Extent, Tree
-from ..trans import Transaction
+from ..engine.transaction import Transaction
 
 INLINE_LIMIT = 2048
 

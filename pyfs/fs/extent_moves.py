@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 
 from ..format.records import Extent, Tree
-from ..trans import Transaction
+from ..engine.transaction import Transaction
 from . import data as filedata
 
 

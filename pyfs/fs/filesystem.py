@@ -32,10 +32,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from ..device import Device
-from ..engine import Engine, EngineOptions
+from ..engine.device import Device
+from ..engine.engine import Engine, EngineOptions
 from ..format.records import NEXT_INO_KEY, ORPHAN_PREFIX, ROOT_INO, Dirent, Inode, Tree, pack, unpack
-from ..trans import Transaction
+from ..engine.transaction import Transaction
 from . import data as filedata
 from . import fallocate, longops, rmtree, xattrs
 from .attr import BLOCK_SIZE, ROOT_CTX, Attr, Ctx, StatFs

@@ -42,9 +42,9 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..engine import Engine
+from ..engine.engine import Engine
 from ..format.records import ORPHAN_PREFIX, Inode, LoggedOp, Tree
-from ..trans import Transaction
+from ..engine.transaction import Transaction
 from . import extent_moves as moves
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..format.records import ROOT_INO, Inode
-from ..trans import Transaction
+from ..engine.transaction import Transaction
 from .errors import FsError
 from .names import check_name
 

@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..format.records import ORPHAN_PREFIX, Dirent, Inode, Tree
-from ..trans import Transaction
+from ..engine.transaction import Transaction
 from . import longops
 from .attr import Ctx
 from .errors import FsError

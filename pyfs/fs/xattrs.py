@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import errno
 
-from ..engine import Engine
+from ..engine.engine import Engine
 from ..format.records import Tree
-from ..trans import Transaction
+from ..engine.transaction import Transaction
 from .errors import FsError
 
 XATTR_CREATE = 1

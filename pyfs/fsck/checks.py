@@ -37,8 +37,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..device import Device
-from ..engine import MAX_DATA_REGION
+from ..engine.device import Device
+from ..engine.engine import MAX_DATA_REGION
 from ..format.checksum import checksum
 from ..format.records import ORPHAN_PREFIX, ROOT_INO, AllocInfo, BucketKind, Extent, Inode, Tree
 from ..format.superblock import Superblock

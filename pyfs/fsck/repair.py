@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from ..btree import Node
-from ..check import walk_tree
-from ..device import Device
-from ..engine import Engine, EngineOptions, OpenRepair
+from ..engine.btree import Node
+from ..engine.check import walk_tree
+from ..engine.device import Device
+from ..engine.engine import Engine, EngineOptions, OpenRepair
 from ..format.errors import FormatError
 from ..format.keys import decode_key
 from ..format.records import (
@@ -45,8 +45,8 @@ from ..format.records import (
     unpack,
 )
 from ..fs.names import name_hash
-from ..journal.scan import ScanResult
-from ..trans import Transaction
+from ..engine.journal_scan import ScanResult
+from ..engine.transaction import Transaction
 from .checks import Context, alloc_differences, extent_address_problem, recount
 from .scan import TreesRead
 from .state import State

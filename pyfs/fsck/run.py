@@ -23,7 +23,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 
-from ..device import Device
+from ..engine.device import Device
 from ..format.records import Tree
 from .checks import PASSES, Context, check_space, region_bytes, verify_data
 from .findings import Finding

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..btree import BTree, NodeStore, Ptr
-from ..check import Problem, walk_tree
-from ..device import Device
+from ..engine.btree import BTree, NodeStore, Ptr
+from ..engine.check import Problem, walk_tree
+from ..engine.device import Device
 from ..format.checksum import seed_from_uuid
 from ..format.errors import FormatError, NotPyfs, UnsupportedVersion
 from ..format.journal_entry import MAGIC, JournalEntry
@@ -29,7 +29,7 @@ from ..format.keys import decode_key
 from ..format.node import LEAF_ENTRY_OVERHEAD
 from ..format.records import NODE_TREES, AllocInfo, Tree
 from ..format.superblock import BLOCK_SIZE, Superblock
-from ..journal.scan import JournalCorrupt, ScanResult, find_entries, plan_replay
+from ..engine.journal_scan import JournalCorrupt, ScanResult, find_entries, plan_replay
 from .findings import Finding
 from .state import TREE_NAMES
 

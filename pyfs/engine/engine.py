@@ -36,16 +36,17 @@ from dataclasses import dataclass, field
 from .alloc import BucketSpace, NoSpace
 from .btree import BTree, Node, NodeStore, Ptr
 from .device import Device
-from .format.checksum import checksum, seed_from_uuid
-from .format.errors import FormatError
-from .format.journal_entry import FLAG_CHECKPOINT, FLAG_CLEAN, RootPtr
-from .format.keys import MAX_KEY_BYTES, decode_key, encode_key
-from .format.node import LEAF_ENTRY_OVERHEAD, encode_node
-from .format.records import NODE_TREES, AllocInfo, BucketKind, Tree
-from .format.superblock import Superblock
-from .journal import JournalFull, JournalWriter, ScanResult, scan_journal
+from ..format.checksum import checksum, seed_from_uuid
+from ..format.errors import FormatError
+from ..format.journal_entry import FLAG_CHECKPOINT, FLAG_CLEAN, RootPtr
+from ..format.keys import MAX_KEY_BYTES, decode_key, encode_key
+from ..format.node import LEAF_ENTRY_OVERHEAD, encode_node
+from ..format.records import NODE_TREES, AllocInfo, BucketKind, Tree
+from ..format.superblock import Superblock
+from .journal_writer import JournalFull, JournalWriter
+from .journal_scan import ScanResult, scan_journal
 from .superblock_io import read_superblock, write_superblocks
-from .trans import Transaction
+from .transaction import Transaction
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from .alloc import adjusted_usage
-from .format.keys import Key, decode_key, encode_key, prefix_end
-from .format.records import AllocInfo, BucketKind, Tree
+from ..format.keys import Key, decode_key, encode_key, prefix_end
+from ..format.records import AllocInfo, BucketKind, Tree
 
 
 class KeySource(Protocol):

@@ -32,19 +32,12 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .device import FileDevice
-from .engine import Engine
-from .format.errors import FormatError, UnsupportedVersion
-from .fs import format_filesystem
-from .format.superblock import (
-    BLOCK_SIZE,
-    DEFAULT_BUCKET_SIZE,
-    DEFAULT_NODE_SIZE,
-    MAX_LABEL_BYTES,
-    Superblock,
-    plan_geometry,
-)
-from .superblock_io import read_superblock
+from ..engine.device import FileDevice
+from ..engine.engine import Engine
+from ..format.errors import FormatError, UnsupportedVersion
+from ..fs import format_filesystem
+from ..format.superblock import BLOCK_SIZE, DEFAULT_BUCKET_SIZE, DEFAULT_NODE_SIZE, MAX_LABEL_BYTES, Superblock, plan_geometry
+from ..engine.superblock_io import read_superblock
 
 PROG = "mkfs.pyfs"
 EXIT_OK = 0
@@ -234,7 +227,7 @@ def check_target_is_empty(device: FileDevice, *, is_block: bool) -> None:
     """Refused unless the target holds neither a pyfs superblock nor any non-zero byte."""
     path = device.path
     try:
-        with _quiet("pyfs.superblock_io"):
+        with _quiet("pyfs.engine.superblock_io"):
             old, notes = read_superblock(device)
     except UnsupportedVersion as exc:
         raise Refused(f"{path} already holds a pyfs image ({exc}); use --force to overwrite it") from None

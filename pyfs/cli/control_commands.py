@@ -30,7 +30,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from . import client
+from ..client import commands as client
 
 PROG = "pyfs"
 

@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from .device import Device
-from .format.errors import FormatError
-from .format.node import HEADER_SIZE, LEAF_ENTRY_OVERHEAD, PAYLOAD_OVERHEAD, PTR_BYTES, decode_node
+from ..format.errors import FormatError
+from ..format.node import HEADER_SIZE, LEAF_ENTRY_OVERHEAD, PAYLOAD_OVERHEAD, PTR_BYTES, decode_node
 
 log = logging.getLogger(__name__)
 

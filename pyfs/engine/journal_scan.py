@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..device import Device
+from .device import Device
 from ..format.errors import FormatError
 from ..format.journal_entry import MAGIC, JournalEntry, KeyUpdate, decode_entry
 from ..format.superblock import Superblock

@@ -32,9 +32,9 @@ from typing import TypeVar
 import pyfuse3
 import trio
 
-from . import control
-from .fs import Attr, Ctx, FileSystem, FsError
-from .fs.longops import OP_DELETE, OP_RMTREE, RANGE_KINDS
+from ..format import control
+from ..fs import Attr, Ctx, FileSystem, FsError
+from ..fs.longops import OP_DELETE, OP_RMTREE, RANGE_KINDS
 
 log = logging.getLogger(__name__)
 

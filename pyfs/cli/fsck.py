@@ -29,9 +29,9 @@ import sys
 import traceback
 from typing import TextIO
 
-from .device import DeviceBusy, FileDevice
-from .fsck import EXIT_CANCELLED, EXIT_ERROR, EXIT_USAGE, Options, Report, Result, fsck
-from .fsck.report import PROG, _isatty
+from ..engine.device import DeviceBusy, FileDevice
+from ..fsck import EXIT_CANCELLED, EXIT_ERROR, EXIT_USAGE, Options, Report, Result, fsck
+from ..fsck.report import PROG, _isatty
 
 
 class _Parser(argparse.ArgumentParser):

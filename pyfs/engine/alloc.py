@@ -22,8 +22,8 @@ import errno
 from array import array
 from dataclasses import dataclass
 
-from .format.records import AllocInfo, BucketKind
-from .format.superblock import Superblock
+from ..format.records import AllocInfo, BucketKind
+from ..format.superblock import Superblock
 
 
 def adjusted_usage(info: AllocInfo, delta: int, kind: BucketKind) -> AllocInfo:

@@ -43,7 +43,7 @@ import os
 import re
 import stat as statmod
 
-from . import control
+from ..format import control
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ import subprocess
 import sys
 import time
 
-from .device import FileDevice
-from .engine import EngineOptions
-from .format.errors import FormatError
+from ..engine.device import FileDevice
+from ..engine.engine import EngineOptions
+from ..format.errors import FormatError
 
 PROG = "pyfs"
 log = logging.getLogger("pyfs")
@@ -75,7 +75,7 @@ def _setup_logging(path: str | None, verbose: bool) -> None:
 
 
 def _open_filesystem(image: str, read_only: bool, record: str | None = None):
-    from .fs import FileSystem
+    from ..fs import FileSystem
 
     try:
         device = FileDevice.open(image, read_only=read_only)
@@ -85,7 +85,7 @@ def _open_filesystem(image: str, read_only: bool, record: str | None = None):
         raise CliError(str(exc) if exc.errno == errno.EBUSY else f"{image}: {exc.strerror or exc}") from None
     if record is not None:
         # Tests (tools/crashloop.py): log every write and flush for power-loss replay.
-        from .recorder import RecordingDevice
+        from ..engine.recorder import RecordingDevice
 
         try:
             device = RecordingDevice(device, record)
@@ -118,7 +118,7 @@ def serve(fs, mountpoint: str, options: set[str], commit: float, ready=None, ste
     import pyfuse3
     import trio
 
-    from .fuse import PyfsOperations
+    from ..mount.operations import PyfsOperations
 
     fuse_opts = set(pyfuse3.default_options)
     if "no_default_permissions" in options:
@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("mountpoint")
     u.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     u.set_defaults(func=cmd_umount)
-    from .tool_cli import add_commands
+    from .control_commands import add_commands
 
     add_commands(sub)
     return parser

@@ -21,7 +21,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
-from ..device import Device
+from .device import Device
 from ..format.journal_entry import JournalEntry, encode_entry
 
 SECTOR = 512

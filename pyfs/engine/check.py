@@ -29,10 +29,10 @@ from typing import Protocol
 from .btree import BTree, Node, Ptr
 from .device import Device
 from .engine import Engine, EngineOptions
-from .format.errors import FormatError
-from .format.keys import decode_key
-from .format.records import NODE_TREES, AllocInfo, BucketKind, Extent, LoggedOp, Tree
-from .format.superblock import Superblock
+from ..format.errors import FormatError
+from ..format.keys import decode_key
+from ..format.records import NODE_TREES, AllocInfo, BucketKind, Extent, LoggedOp, Tree
+from ..format.superblock import Superblock
 from .superblock_io import read_superblock
 
 log = logging.getLogger(__name__)

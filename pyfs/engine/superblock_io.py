@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 
 from .device import Device
-from .format.errors import FormatError, NotPyfs, UnsupportedVersion
-from .format.superblock import BLOCK_SIZE, Superblock
+from ..format.errors import FormatError, NotPyfs, UnsupportedVersion
+from ..format.superblock import BLOCK_SIZE, Superblock
 
 log = logging.getLogger(__name__)
 
