@@ -39,7 +39,7 @@ from pyfs.format.records import (
 )
 from pyfs.format.superblock import plan_geometry
 from pyfs.fs import FileSystem
-from pyfs.fs.longops import start_truncate
+from pyfs.fs.logged_ops import start_truncate
 from pyfs.fs.names import name_hash
 from pyfs.fsck.scan import read_image
 from pyfs.engine.journal_scan import Located, find_entries

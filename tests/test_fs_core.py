@@ -28,7 +28,7 @@ from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.records import Extent, Tree
 from pyfs.fs import NOW, Ctx, FileSystem, FsError, format_filesystem
 from pyfs.fs import longops
-from pyfs.fs.data import inline_max
+from pyfs.fs.extents import inline_max
 from pyfs.fs.xattrs import XATTR_CREATE, XATTR_REPLACE
 from tools.crashsim import small_geometry
 

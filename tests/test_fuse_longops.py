@@ -24,7 +24,7 @@ import trio
 
 from pyfs.format import control
 from pyfs.engine.device import FaultDevice
-from pyfs.fs import FileSystem, longops
+from pyfs.fs import FileSystem, logged_ops
 from pyfs.mount.operations import PyfsOperations
 from test_fs_core import fresh_image
 
@@ -50,7 +50,7 @@ def kernel(monkeypatch):
 
 @pytest.fixture
 def small_steps(monkeypatch):
-    monkeypatch.setattr(longops, "STEP_EXTENTS", 4)
+    monkeypatch.setattr(logged_ops, "STEP_EXTENTS", 4)
 
 
 def _file_with_extents(fs: FileSystem, name: bytes, blocks: int) -> tuple[int, bytes]:

@@ -43,7 +43,7 @@ from pyfs.engine.device import FaultDevice, PowerCut
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.records import ORPHAN_PREFIX, BucketKind, Extent, Inode, Tree
 from pyfs.fs import Ctx, FileSystem, format_filesystem
-from pyfs.fs.data import inline_max
+from pyfs.fs.extents import inline_max
 from pyfs.fs.filesystem import MAX_FILE_SIZE
 from test_fs_core import contents, errno_of, new_dir, remount
 from tools.crashsim import (

@@ -338,7 +338,7 @@ import stat  # noqa: E402
 from collections.abc import Iterable, Iterator  # noqa: E402
 
 from pyfs.fs import FileSystem, format_filesystem  # noqa: E402
-from pyfs.fs import longops  # noqa: E402
+from pyfs.fs import logged_ops, longops  # noqa: E402
 
 LONGOP_KINDS = ("collapse", "insert", "punch", "zero", "truncate", "rmtree")
 ROOT_INO = 1
@@ -352,7 +352,7 @@ class LongOpScenario:
 
     kind: str
     extents: int = 3000         # extents of the file (rmtree: of all files in the tree together)
-    step: int = 256             # longops.STEP_EXTENTS while the operation runs and at every mount
+    step: int = 256             # logged_ops.STEP_EXTENTS while the operation runs and at every mount
     image_size: int = 20 << 20  # each small write takes a 4 KiB block: 3000 extents need 12 MiB
     checkpoint_fill: float = 0.05  # of the 256 KiB journal: several checkpoints while the operation runs
     seed: int = 1
@@ -379,13 +379,13 @@ class LongOpRun:
 
 @contextlib.contextmanager
 def step_extents(n: int) -> Iterator[None]:
-    """Set `longops.STEP_EXTENTS` for the duration of a block."""
-    old = longops.STEP_EXTENTS
-    longops.STEP_EXTENTS = n
+    """Set `logged_ops.STEP_EXTENTS` for the duration of a block."""
+    old = logged_ops.STEP_EXTENTS
+    logged_ops.STEP_EXTENTS = n
     try:
         yield
     finally:
-        longops.STEP_EXTENTS = old
+        logged_ops.STEP_EXTENTS = old
 
 
 def _digest_bytes(data: bytes) -> bytes:
@@ -789,7 +789,7 @@ def longops_main(argv: list[str]) -> int:
     parser.add_argument("--kinds", default=",".join(LONGOP_KINDS), help="comma-separated operations")
     parser.add_argument("--extents", type=int, default=3000, help="extents of the file or tree (default 3000)")
     parser.add_argument("--step", type=int, default=None,
-                        help="longops.STEP_EXTENTS (default 256; rmtree 32, as its tree has a few hundred inodes)")
+                        help="logged_ops.STEP_EXTENTS (default 256; rmtree 32, as its tree has a few hundred inodes)")
     parser.add_argument("--checkpoint-fill", type=float, default=0.05,
                         help="journal fill that triggers a checkpoint (default 0.05: several per operation)")
     parser.add_argument("--sample", type=int, default=60, help="crash points per operation without --exhaustive")

@@ -19,7 +19,7 @@ import itertools
 
 from ..format.records import Extent, Tree
 from ..engine.transaction import Transaction
-from . import data as filedata
+from . import extents
 
 
 def drop_range(t: Transaction, ino: int, start: int, end: int | None, limit: int) -> tuple[int, int | None]:
@@ -35,7 +35,7 @@ def drop_range(t: Transaction, ino: int, start: int, end: int | None, limit: int
         if seen > limit:
             cut = off
             break
-    change = filedata.punch(t, ino, start, end if cut is None else cut)
+    change = extents.punch(t, ino, start, end if cut is None else cut)
     return -change.data_bytes, cut
 
 
@@ -45,8 +45,8 @@ def split_at(t: Transaction, ino: int, offset: int) -> None:
         ext = Extent.decode(raw)
         if off + ext.length > offset:
             head = offset - off
-            t.put(Tree.EXTENTS, (ino, off), filedata.piece(ext, 0, head).encode())
-            t.put(Tree.EXTENTS, (ino, offset), filedata.piece(ext, head, ext.length - head).encode())
+            t.put(Tree.EXTENTS, (ino, off), extents.piece(ext, 0, head).encode())
+            t.put(Tree.EXTENTS, (ino, offset), extents.piece(ext, head, ext.length - head).encode())
         return
 
 

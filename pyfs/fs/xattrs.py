@@ -5,17 +5,23 @@ included, get EOPNOTSUPP as on ext4 without ACL support); values up to 64 KiB (X
 (XATTR_NAME_MAX), split into chunks small enough for a btree entry;
 XATTR_CREATE on an existing name is EEXIST, XATTR_REPLACE on a missing one
 ENODATA; get/remove of a missing name is ENODATA.  A set replaces every
-chunk of the old value in the same transaction.
+chunk of the old value in the same transaction.  `setxattr` and
+`removexattr` are the operations: the key change plus the inode's ctime,
+in the caller's transaction.
 """
 
 from __future__ import annotations
 
 import errno
 
+from dataclasses import replace
+
 from ..engine.engine import Engine
-from ..format.records import Tree
 from ..engine.transaction import Transaction
+from ..format.records import Tree
+from . import inodes
 from .errors import FsError
+from .txn import Txn
 
 XATTR_CREATE = 1
 XATTR_REPLACE = 2
@@ -88,3 +94,15 @@ def remove(t: Transaction, ino: int, name: bytes) -> None:
         raise FsError(errno.ENODATA)
     for chunk, _ in old:
         t.delete(Tree.XATTRS, (ino, name, chunk))
+
+
+def setxattr(x: Txn, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+    inode = inodes.get(x.t, ino)
+    put(x.t, x.engine, ino, name, value, flags)
+    inodes.put(x.t, ino, replace(inode, ctime_ns=x.now))
+
+
+def removexattr(x: Txn, ino: int, name: bytes) -> None:
+    inode = inodes.get(x.t, ino)
+    remove(x.t, ino, name)
+    inodes.put(x.t, ino, replace(inode, ctime_ns=x.now))

@@ -42,7 +42,7 @@ from ..engine.engine import MAX_DATA_REGION
 from ..format.checksum import checksum
 from ..format.records import ORPHAN_PREFIX, ROOT_INO, AllocInfo, BucketKind, Extent, Inode, Tree
 from ..format.superblock import Superblock
-from ..fs.longops import OP_DELETE
+from ..fs.logged_ops import OP_DELETE
 from ..fs.names import NAME_MAX, name_hash
 from .findings import Finding
 from .state import TREE_NAMES, State

@@ -27,7 +27,7 @@ from ..format.records import (
     unpack,
 )
 from ..format.superblock import Superblock
-from ..fs.longops import OP_COLLAPSE, OP_DELETE, OP_INSERT, OP_PUNCH, OP_RMTREE, OP_TRUNCATE, OP_ZERO
+from ..fs.logged_ops import OP_COLLAPSE, OP_DELETE, OP_INSERT, OP_PUNCH, OP_RMTREE, OP_TRUNCATE, OP_ZERO
 
 TREE_NAMES = {int(t): t.name.lower() for t in Tree}
 

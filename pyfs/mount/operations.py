@@ -34,7 +34,7 @@ import trio
 
 from ..format import control
 from ..fs import Attr, Ctx, FileSystem, FsError
-from ..fs.longops import OP_DELETE, OP_RMTREE, RANGE_KINDS
+from ..fs.logged_ops import OP_DELETE, OP_RMTREE, RANGE_KINDS
 
 log = logging.getLogger(__name__)
 

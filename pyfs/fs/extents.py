@@ -57,7 +57,7 @@ class RegionCache:
         self._cache.clear()
 
 
-def extents_in(t: Transaction, ino: int, start: int, end: int | None) -> list[tuple[int, Extent]]:
+def overlapping(t: Transaction, ino: int, start: int, end: int | None) -> list[tuple[int, Extent]]:
     """Extents overlapping [start, end) in file order (end None: to the end of the file)."""
     out: list[tuple[int, Extent]] = []
     for (_, off), raw in t.scan(Tree.EXTENTS, (ino, 0), (ino, start + 1), reverse=True):
@@ -81,7 +81,7 @@ def piece(ext: Extent, skip: int, length: int) -> Extent:
 def punch(t: Transaction, ino: int, start: int, end: int | None) -> Change:
     """Remove every byte of [start, end) from the extent map, keeping the pieces outside."""
     change = Change()
-    for off, ext in extents_in(t, ino, start, end):
+    for off, ext in overlapping(t, ino, start, end):
         ext_end = off + ext.length
         cut_start = max(off, start)
         cut_end = ext_end if end is None else min(ext_end, end)
@@ -103,7 +103,7 @@ def read(t: Transaction, cache: RegionCache, ino: int, size: int, offset: int, l
         return b""
     end = min(size, offset + length)
     out = bytearray(end - offset)
-    for off, ext in extents_in(t, ino, offset, end):
+    for off, ext in overlapping(t, ino, offset, end):
         lo = max(off, offset)
         hi = min(off + ext.length, end)
         if ext.inline is not None:
@@ -125,13 +125,13 @@ def write(t: Transaction, engine: Engine, ino: int, size: int, offset: int, data
     end = offset + len(data)
     limit = inline_max(engine)
     if size <= limit:
-        existing = extents_in(t, ino, 0, None)
+        existing = overlapping(t, ino, 0, None)
         if max(size, end) <= limit and all(ext.inline is not None for _, ext in existing):
             return _write_inline(t, ino, size, offset, data, existing)
     change = punch(t, ino, offset, end)
     if size <= limit:
         # The file outgrows inline storage: its inline bytes move to a region.
-        for off, ext in extents_in(t, ino, 0, None):
+        for off, ext in overlapping(t, ino, 0, None):
             if ext.inline is not None:
                 t.delete(Tree.EXTENTS, (ino, off))
                 change.data_bytes -= ext.length
