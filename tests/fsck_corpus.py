@@ -20,7 +20,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from pyfs.engine.btree import NodeStore, Ptr
+from pyfs.engine.node_store import NodeStore, Ptr
 from pyfs.engine.fault_device import FaultDevice
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.keys import decode_key, encode_key

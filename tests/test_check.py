@@ -26,7 +26,7 @@ import random
 
 import pytest
 
-from pyfs.engine.btree import Ptr
+from pyfs.engine.node_store import Ptr
 from pyfs.engine.check import Problem, check_engine, check_image
 from pyfs.engine.fault_device import FaultDevice
 from pyfs.engine.engine import Engine, EngineOptions

@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from .btree import BTree, Node, Ptr
+from .btree import BTree
+from .node_store import Node, Ptr
 from .device import Device
 from .engine import Engine, EngineOptions
 from ..format.errors import FormatError
