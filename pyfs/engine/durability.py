@@ -13,12 +13,14 @@ Promises (DESIGN.md invariants 4 and 6):
 - Flush jobs reach the device in the order they were prepared: `io_lock` is
   held from `prepare_flush` until the job's I/O is done, by the worker thread
   for async flushes.  A checkpoint holds the same lock while it writes nodes.
-- Group commit: an async caller finds the flush in flight, waits for it,
+- Group commit: an async caller that finds a flush in flight waits for it,
   and starts another only if its entries were not in it.
+- The commit timer flushes every interval while something is pending, so
+  without fsync a crash loses at most the last interval (invariant 6).
 - The first failed write or flush is kept in `failed`: from then on every
   flush raises EIO, and the engine refuses commits (EROFS).  A failed flush
   is never retried, so durability is never claimed that the disk did not
-  give (tests/test_crash.py).
+  give (tests/test_engine.py, tests/test_crash.py).
 """
 
 from __future__ import annotations

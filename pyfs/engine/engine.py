@@ -96,7 +96,12 @@ class EngineFailed(OSError):
 
 
 class Engine:
-    """One open image.  Use `Engine.open` or `Engine.format`."""
+    """One open image.  Use `Engine.open` or `Engine.format`.
+
+    Its parts: `keys` (KeyState), `journal` (JournalWriter), `durability`
+    (Durability), `checkpointer` (Checkpointer) and `data` (DataRegions).
+    `trees`, `logged_ops`, `store`, `space` and `failed` are theirs, shown here.
+    """
 
     def __init__(self, device: Device, sb: Superblock, options: EngineOptions, journal: JournalWriter) -> None:
         self.device = device
@@ -121,7 +126,7 @@ class Engine:
         self.commits = 0  # transactions committed since open
         self.replayed_entries = 0
 
-    # -- the parts, by their old names -------------------------------------------
+    # -- the parts' state, under the names the layers above use -----------------
 
     @property
     def trees(self) -> dict[int, BTree]:
