@@ -20,8 +20,8 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from pyfs.engine.btree import NodeStore, Ptr
-from pyfs.engine.device import FaultDevice
+from pyfs.engine.node_store import NodeStore, Ptr
+from pyfs.engine.fault_device import FaultDevice
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.keys import decode_key, encode_key
 from pyfs.format.node import HEADER_SIZE as NODE_HEADER_SIZE

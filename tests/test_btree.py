@@ -28,8 +28,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from pyfs.engine.btree import BTree, Node, NodeStore, Ptr
-from pyfs.engine.device import FaultDevice
+from pyfs.engine.btree import BTree
+from pyfs.engine.node_store import Node, NodeStore, Ptr
+from pyfs.engine.fault_device import FaultDevice
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.errors import FormatError
 from pyfs.format.keys import encode_key

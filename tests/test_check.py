@@ -26,9 +26,9 @@ import random
 
 import pytest
 
-from pyfs.engine.btree import Ptr
+from pyfs.engine.node_store import Ptr
 from pyfs.engine.check import Problem, check_engine, check_image
-from pyfs.engine.device import FaultDevice
+from pyfs.engine.fault_device import FaultDevice
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.keys import encode_key
 from pyfs.format.node import HEADER_SIZE as NODE_HEADER_SIZE

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyfs.engine.device import MODES, SECTOR, Device, DeviceBusy, DeviceError, DeviceOp, FaultDevice, FileDevice, PowerCut
+from pyfs.engine.device import SECTOR, Device, DeviceBusy, DeviceError, FileDevice
+from pyfs.engine.fault_device import MODES, DeviceOp, FaultDevice, PowerCut
 
 IMAGE_SIZE = 64 * 1024
 

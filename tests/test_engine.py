@@ -31,7 +31,7 @@ import pytest
 import trio
 
 from pyfs.engine.check import check_engine, check_image
-from pyfs.engine.device import FaultDevice
+from pyfs.engine.fault_device import FaultDevice
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.errors import FormatError, NotPyfs, UnsupportedVersion
 from pyfs.format.keys import MAX_KEY_BYTES, encode_key

@@ -15,7 +15,7 @@ import random
 
 import pytest
 
-from pyfs.engine.device import FaultDevice
+from pyfs.engine.fault_device import FaultDevice
 from pyfs.fs import FileSystem, FsError, Txn
 from pyfs.fs import create, lookup, remove, rename, setattr as setting, write, xattrs
 from pyfs.fs import logged_ops, longops

@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from pyfs.engine.check import check_engine
-from pyfs.engine.device import FaultDevice, PowerCut
+from pyfs.engine.fault_device import FaultDevice, PowerCut
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.records import Extent, Tree
 from pyfs.fs import NOW, Ctx, FileSystem, FsError, format_filesystem

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from pyfs.engine.check import check_engine
-from pyfs.engine.device import FaultDevice
+from pyfs.engine.fault_device import FaultDevice
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.fs import Ctx, FileSystem, format_filesystem
 from pyfs.fs.xattrs import XATTR_CREATE, XATTR_REPLACE

@@ -45,7 +45,8 @@ from fsck_corpus import (
     healthy_image,
     snapshot,
 )
-from pyfs.engine.device import FaultDevice, FileDevice, PowerCut
+from pyfs.engine.device import FileDevice
+from pyfs.engine.fault_device import FaultDevice, PowerCut
 from pyfs.engine.engine import EngineOptions
 from pyfs.fs import FileSystem
 from pyfs.fsck import Options, Report, fsck

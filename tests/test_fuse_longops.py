@@ -23,7 +23,7 @@ import pytest
 import trio
 
 from pyfs.format import control
-from pyfs.engine.device import FaultDevice
+from pyfs.engine.fault_device import FaultDevice
 from pyfs.fs import FileSystem, logged_ops
 from pyfs.mount.operations import PyfsOperations
 from test_fs_core import fresh_image

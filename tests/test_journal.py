@@ -30,7 +30,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pyfs.engine.device import FaultDevice
+from pyfs.engine.fault_device import FaultDevice
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.checksum import checksum
 from pyfs.format.journal_entry import (

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from pyfs.engine.check import check_engine
-from pyfs.engine.device import FaultDevice, PowerCut
+from pyfs.engine.fault_device import FaultDevice, PowerCut
 from pyfs.engine.engine import Engine, EngineOptions
 from pyfs.format.records import ORPHAN_PREFIX, BucketKind, Extent, Inode, Tree
 from pyfs.fs import Ctx, FileSystem, format_filesystem

@@ -26,7 +26,7 @@ import random
 
 import pytest
 
-from pyfs.engine.device import MODES
+from pyfs.engine.fault_device import MODES
 from tools.crashsim import (
     LongOpRun,
     LongOpScenario,

@@ -11,7 +11,7 @@ import errno
 import pytest
 
 from pyfs.engine.check import check_engine, check_image
-from pyfs.engine.device import FaultDevice
+from pyfs.engine.fault_device import FaultDevice
 from pyfs.engine.engine import Engine
 from pyfs.format.records import BucketKind, Extent, Tree
 from tools.crashsim import fresh_image

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from pyfs.engine.check import check_engine  # noqa: E402
-from pyfs.engine.device import MODES, FaultDevice  # noqa: E402
+from pyfs.engine.fault_device import MODES, FaultDevice  # noqa: E402
 from pyfs.engine.engine import Engine, EngineOptions  # noqa: E402
 from pyfs.format.records import NODE_TREES, Extent, LoggedOp, Tree  # noqa: E402
 from pyfs.format.superblock import plan_geometry  # noqa: E402

@@ -40,7 +40,7 @@ for path in (REPO, os.path.join(REPO, "tests")):
         sys.path.insert(0, path)
 
 from fsck_corpus import crashed_image, healthy_image, healthy_metadata_ranges  # noqa: E402
-from pyfs.engine.device import FaultDevice  # noqa: E402
+from pyfs.engine.fault_device import FaultDevice  # noqa: E402
 from pyfs.fs import FileSystem  # noqa: E402
 from pyfs.fsck import Options, Report, fsck  # noqa: E402
 

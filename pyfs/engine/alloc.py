@@ -3,10 +3,12 @@
 `BucketSpace` is the in-memory mirror of the alloc btree.  The alloc btree is
 the truth (its keys `(bucket,)` hold live bytes, kind and generation and are
 updated in the same transaction as the references that start or stop using
-the bucket); the mirror is fed by the engine's key-apply path, so commit,
-replay and checkpoint all keep it in step without special code.
+the bucket); the mirror is fed by `KeyState.apply_keys` and by the
+checkpoint's own alloc updates, so commit, replay and checkpoint all keep it
+in step without special code.  `adjusted_usage` is the rule a transaction
+follows to change a bucket's count.
 
-Promises (DESIGN.md invariant 3):
+Promises (DESIGN.md invariant 3; tests/test_space.py):
 - A bucket whose live count dropped to zero in the transaction or checkpoint
   with seq S is handed out again only once S is durable (`free_after`).
 - Data and btree nodes are bump-allocated from one open bucket per kind; a

@@ -1,7 +1,8 @@
 """The engine checker: structural consistency of an image, as a list of problems.
 
-Checks (the storage-level part of fsck; `fsck.py` adds filesystem checks):
-- superblock (and its backup), the journal chain (via `journal.scan`);
+Checks (the storage-level part of fsck; pyfs/fsck adds the filesystem checks):
+- the superblock (a damaged primary is reported), the journal chain (by
+  opening the image read-only, which scans and replays it in memory);
 - every btree node: checksum against its parent pointer, tree id and level,
   strictly ordered keys inside the bounds its parent gives, interior nodes
   with children, all leaves at the same depth, no node over capacity;
@@ -11,8 +12,10 @@ Checks (the storage-level part of fsck; `fsck.py` adds filesystem checks):
   from btree nodes and extents; no byte referenced twice; no data region
   crossing a bucket.
 
-Promise: `check_image` and `check_engine` never raise on a corrupt image;
-every finding is a `Problem`.  An image is healthy iff the list is empty.
+Promise (DESIGN.md invariants 3, 5 and 9; tests/test_check.py):
+`check_image` and `check_engine` never raise on a corrupt image and never
+write to it; every finding is a `Problem`.  An image is healthy iff the
+list is empty.
 
 fsck hook: `walk_tree` runs only the structural checks of one btree and
 hands every node it reads to a `TreeVisitor`, so fsck reads each node once
@@ -26,7 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from .btree import BTree, Node, Ptr
+from .btree import BTree
+from .node_store import Node, Ptr
 from .device import Device
 from .engine import Engine, EngineOptions
 from ..format.errors import FormatError

@@ -13,18 +13,19 @@ Promises (DESIGN.md invariants 1, 2, 5):
 - fsck's salvage mode (`salvage=True`) replays up to the damaged entry
   instead of refusing, and says so in `ScanResult.corruption`; an image
   without any valid checkpoint still raises.
+
+Nothing is applied here: `replay.py` re-inserts the chain.  Proven by
+tests/test_journal.py and tests/test_crash.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .device import Device
+from .device import SECTOR, Device
 from ..format.errors import FormatError
 from ..format.journal_entry import MAGIC, JournalEntry, KeyUpdate, decode_entry
 from ..format.superblock import Superblock
-
-SECTOR = 512
 
 
 class JournalCorrupt(FormatError):

@@ -2,16 +2,19 @@
 
 Promises (DESIGN.md invariants 1, 3, 4, 6):
 - Entries get consecutive seqs and are written in seq order.  Each flush
-  writes the buffered entries starting at a fresh 512-byte sector, so a flush
-  never rewrites a sector holding an entry already durable.
+  writes the buffered entries starting at a fresh device sector (`SECTOR`,
+  the unit a disk writes atomically), so a flush never rewrites a sector
+  holding an entry already durable, and a torn flush tears only its own.
 - A flush first flushes the device (data written before it reaches the disk
   before the entries that point at it), then writes the entries, then
   flushes again; only then is `durable_seq` raised.  A failed write or flush
-  leaves `durable_seq` where it was (the engine then turns read-only): it
-  never reports durability it does not have.
+  leaves `durable_seq` where it was (`durability.py` then turns the engine
+  read-only): it never reports durability it does not have.
 - Journal space from the newest durable checkpoint onward is never
   overwritten; appends that would need it raise `JournalFull` (the engine
-  checkpoints long before, when the journal is half full).
+  checkpoints long before, when the journal is half full).  A quarter of the
+  region (at most 256 KiB) is kept back for the checkpoint entry that frees
+  the rest.
 - Positions are kept as virtual offsets that only grow; the physical offset
   in the region is the virtual one modulo the region size.
 """
@@ -21,10 +24,8 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass, field
 
-from .device import Device
+from .device import SECTOR, Device
 from ..format.journal_entry import JournalEntry, encode_entry
-
-SECTOR = 512
 
 
 class JournalFull(OSError):

@@ -6,7 +6,8 @@ harness can rebuild what the disk could hold after a power cut at any point
 of a real mount's life (tools/crashloop.py; the role dm-log-writes plays for
 kernel filesystems).  `pyfs mount --record FILE` opens the image through it.
 
-Promises (what makes the log a faithful record of what reached the disk):
+Promises (what makes the log a faithful record of what reached the disk; it
+keeps DESIGN.md invariant 4 for itself, tests/test_crashloop.py):
 - A write's record is appended (with write(2), no Python buffering) *before*
   the write is passed on.  A SIGKILL of the daemon can therefore never lose
   the record of a write that reached the image; at worst the log names one

@@ -3,7 +3,8 @@
 Promises (DESIGN.md invariants 5 and 9): the primary copy at block 0 is used
 when valid; a damaged primary falls back to the backup in the last block and
 says so; an image that is not pyfs, of an unknown version, or shorter than
-its superblock claims gets a clear `FormatError`.
+its superblock claims gets a clear `FormatError`
+(tests/test_engine.py).
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ Promises (DESIGN.md invariant 1):
   without a trace.
 - Every key and value is checked against the btree limits at `put`, so a
   committed entry can always be replayed.
+- `adjust_bucket_usage` changes a bucket's alloc key in the same transaction
+  as the extents that start or stop using it (invariant 3's accounting).
+
+Proven by tests/test_engine.py.
 
 Transactions are synchronous: the engine is single-threaded between awaits,
 so a transaction is isolated by construction.

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from ..engine.btree import Node
+from ..engine.node_store import Node
 from ..engine.check import walk_tree
 from ..engine.device import Device
 from ..engine.engine import Engine, EngineOptions, OpenRepair

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..engine.btree import BTree, NodeStore, Ptr
+from ..engine.btree import BTree
+from ..engine.node_store import NodeStore, Ptr
 from ..engine.check import Problem, walk_tree
 from ..engine.device import Device
 from ..format.checksum import seed_from_uuid
