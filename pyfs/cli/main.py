@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_umount)
     from .control_commands import add_commands
 
-    add_commands(sub)
+    add_commands(sub.add_parser)
     return parser
 
 
