@@ -1,4 +1,4 @@
-"""A small client for the control channel of a mounted pyfs (pyfs/control.py).
+"""A small client for the control channel of a mounted pyfs (wire format: pyfs/format/control.py).
 
 Long operations FUSE cannot carry (collapse and insert ranges, punching and
 zeroing ranges, removing a whole tree) and the daemon's queries are reached

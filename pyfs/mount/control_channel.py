@@ -47,10 +47,11 @@ def is_control(parent: int, name: bytes) -> bool:
     return parent == pyfuse3.ROOT_INODE and name == control.CONTROL_NAME
 
 
-def refuse_control_name(parent: int, name: bytes) -> None:
-    """New names may not shadow the control file (EEXIST)."""
+def refuse_control_name(parent: int, name: bytes, err: int = errno.EEXIST) -> None:
+    """FsError(`err`) if `parent/name` names the control file: new names may not
+    shadow it (EEXIST), nor may it be removed or renamed."""
     if is_control(parent, name):
-        raise FsError(errno.EEXIST)
+        raise FsError(err)
 
 
 def _caller(ctx: pyfuse3.RequestContext) -> Ctx:
@@ -117,8 +118,7 @@ class ControlChannel:
             await self._range(op, request, caller, label)
 
     async def _rmtree(self, parent: int, name: bytes, caller: Ctx, label: str | None) -> None:
-        if is_control(parent, name):
-            raise FsError(errno.ENOTDIR)
+        refuse_control_name(parent, name, errno.ENOTDIR)
         await self.runner.wait_idle(parent)
         for _ in self.fs.rmtree_access_walk(parent, name, caller):
             await trio.sleep(0)

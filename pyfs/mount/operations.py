@@ -197,15 +197,13 @@ class PyfsOperations(pyfuse3.Operations):
 
     @handler
     async def unlink(self, parent_inode, name, ctx):
-        if is_control(parent_inode, name):
-            raise FsError(errno.EPERM)
+        refuse_control_name(parent_inode, name, errno.EPERM)
         self.fs.unlink(parent_inode, name, _ctx(ctx))
         await self.longops.settle()
 
     @handler
     async def rmdir(self, parent_inode, name, ctx):
-        if is_control(parent_inode, name):
-            raise FsError(errno.ENOTDIR)
+        refuse_control_name(parent_inode, name, errno.ENOTDIR)
         self.fs.rmdir(parent_inode, name, _ctx(ctx))
         await self.longops.settle()
 
@@ -216,8 +214,8 @@ class PyfsOperations(pyfuse3.Operations):
 
     @handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        if is_control(parent_inode_old, name_old) or is_control(parent_inode_new, name_new):
-            raise FsError(errno.EPERM)
+        refuse_control_name(parent_inode_old, name_old, errno.EPERM)
+        refuse_control_name(parent_inode_new, name_new, errno.EPERM)
         self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, _ctx(ctx))
         await self.longops.settle()
 
