@@ -12,6 +12,7 @@ the image is opened for writing (`plan_*`) and the ones made afterwards as
 ordinary transactions.  `fsck.repair.Repairer` provides it.  The checks that
 write findings therefore need nothing of the repairer but this list, and
 the module order stays one-way: findings <- scan, checks <- repair <- run.
+A finding is one line of the report (DESIGN.md invariant 9).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ repaired, then a summary with units.  With `json_mode` nothing but the final
 JSON document reaches `out`.  Questions (interactive mode) are written to
 the terminal and answered from `answers`.  Progress bars appear only on a
 terminal and only for passes big enough to take a while.
+
+DESIGN.md invariant 9: a problem is one line, an error is one line, never
+a traceback (proven by tests/test_fsck.py).
 """
 
 from __future__ import annotations

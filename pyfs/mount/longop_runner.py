@@ -2,8 +2,8 @@
 
 The filesystem core starts a long operation (truncate, deletion of a big
 file, tree removal, collapse/insert/punch/zero) and leaves running it to
-this module (`FileSystem.defer_long_ops`): the core's `take_started`,
-`op_step`, `op_over` and `busy` are all it uses.
+this module (`FileSystem.defer_long_ops`), which uses the core's
+`take_started`, `op_step`, `op_over`, `busy`, `vanished` and `fsync`.
 
 Promises (DESIGN.md invariant 7 and the concurrency rules of the suggested
 shape; proven by tests/test_fuse_longops.py and tests/test_control_mount.py):
