@@ -1,4 +1,4 @@
-"""The FUSE adapter runs long operations step by step (pyfs/fuse.py's promises).
+"""The FUSE adapter runs long operations step by step (the promises of pyfs/mount/longop_runner.py and control_channel.py).
 
 Driven in process, without a kernel: the handlers are plain trio functions.
 The kernel-notification calls are replaced by recorders, since there is no

@@ -1,15 +1,11 @@
 """The `pyfs` subcommands that talk to a mounted filesystem through its control file.
 
-    pyfs collapse FILE OFFSET LENGTH
-    pyfs insert FILE OFFSET LENGTH
-    pyfs punch FILE OFFSET LENGTH [--no-keep-size]
-    pyfs zero FILE OFFSET LENGTH [-n|--keep-size]
-    pyfs rmtree DIR
-    pyfs ops MOUNTPOINT [--json]
-    pyfs stat MOUNTPOINT [--json]
-    pyfs flush MOUNTPOINT
+collapse, insert, punch, zero, rmtree, ops, stat and flush; their usage
+lines are in the docstring of `pyfs.cli.main`, which registers them here
+(`add_commands`).  No FUSE library is imported: they reach the daemon
+through `pyfs.client`.
 
-Promises:
+Promises (DESIGN.md invariant 9, tests/test_client.py):
 - Each command is one call of `pyfs.client` and returns when that call does
   (see its docstring for what the daemon has done by then).
 - OFFSET and LENGTH are non-negative integers, optionally with a suffix k,
@@ -29,6 +25,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from ..client import commands as client
 
@@ -148,34 +145,21 @@ def _range_command(fn: Callable[..., None]) -> Callable[[argparse.Namespace], in
     return run
 
 
-def cmd_rmtree(args: argparse.Namespace) -> int:
-    try:
-        client.rmtree(args.dir)
-    except OSError as exc:
-        return _failed("rmtree", args.dir, exc)
-    return 0
-
-
-def _query_command(name: str, fetch: Callable[[str], object], show: Callable) -> Callable[[argparse.Namespace], int]:
-    """The `func` of ops/stat: ask the daemon, print a table or (--json) the JSON."""
+def _path_command(name: str, call: Callable[[str], Any],
+                  show: Callable[[Any], str] | None = None) -> Callable[[argparse.Namespace], int]:
+    """The `func` of rmtree/flush/ops/stat: call the client on the path; ops/stat print
+    the answer as a table or (--json) as JSON."""
 
     def run(args: argparse.Namespace) -> int:
         try:
-            answer = fetch(args.mountpoint)
+            answer = call(args.path)
         except OSError as exc:
-            return _failed(name, args.mountpoint, exc)
-        print(json.dumps(answer, indent=1) if args.json else show(answer))
+            return _failed(name, args.path, exc)
+        if show is not None:
+            print(json.dumps(answer, indent=1) if args.json else show(answer))
         return 0
 
     return run
-
-
-def cmd_flush(args: argparse.Namespace) -> int:
-    try:
-        client.flush(args.mountpoint)
-    except OSError as exc:
-        return _failed("flush", args.mountpoint, exc)
-    return 0
 
 
 def _one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:
@@ -195,8 +179,8 @@ def _one_line_errors(parser: argparse.ArgumentParser, command: str) -> None:
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register the control subcommands on the `pyfs` parser."""
+def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
+    """Register the control subcommands on the `pyfs` parser (`add_parser` of its subparsers)."""
     ranges = [
         ("collapse", client.collapse, "remove a block-aligned range; the rest of the file moves down"),
         ("insert", client.insert, "insert a block-aligned hole; the rest of the file moves up"),
@@ -204,7 +188,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         ("zero", client.zero, "make a range read as zeros; the file grows to cover it"),
     ]
     for name, fn, help_text in ranges:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = add_parser(name, help=help_text, description=help_text)
         p.add_argument("file", metavar="FILE")
         p.add_argument("offset", metavar="OFFSET", help="bytes; suffixes k, M, G, T (powers of 1024), e.g. 4k, 1MiB")
         p.add_argument("length", metavar="LENGTH", help="bytes; same suffixes")
@@ -217,19 +201,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_range_command(fn), command=name)
         _one_line_errors(p, name)
 
-    r = sub.add_parser("rmtree", help="remove a directory tree (contents deleted in the background)")
-    r.add_argument("dir", metavar="DIR")
-    r.set_defaults(func=cmd_rmtree)
-    o = sub.add_parser("ops", help="list the long operations running")
-    o.add_argument("mountpoint", metavar="MOUNTPOINT")
-    o.add_argument("--json", action="store_true", help="print JSON")
-    o.set_defaults(func=_query_command("ops", client.ops, format_ops))
-    s = sub.add_parser("stat", help="space, keys, journal and commit figures of a mount")
-    s.add_argument("mountpoint", metavar="MOUNTPOINT")
-    s.add_argument("--json", action="store_true", help="print JSON")
-    s.set_defaults(func=_query_command("stat", client.stat, format_stat))
-    f = sub.add_parser("flush", help="return when everything committed is durable")
-    f.add_argument("mountpoint", metavar="MOUNTPOINT")
-    f.set_defaults(func=cmd_flush)
-    for name, p in (("rmtree", r), ("ops", o), ("stat", s), ("flush", f)):
+    paths = [
+        ("rmtree", client.rmtree, None, "DIR", "remove a directory tree (contents deleted in the background)"),
+        ("ops", client.ops, format_ops, "MOUNTPOINT", "list the long operations running"),
+        ("stat", client.stat, format_stat, "MOUNTPOINT", "space, keys, journal and commit figures of a mount"),
+        ("flush", client.flush, None, "MOUNTPOINT", "return when everything committed is durable"),
+    ]
+    for name, call, show, metavar, help_text in paths:
+        p = add_parser(name, help=help_text)
+        p.add_argument("path", metavar=metavar)
+        if show is not None:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=_path_command(name, call, show))
         _one_line_errors(p, name)

@@ -31,7 +31,7 @@ from typing import TextIO
 
 from ..engine.device import DeviceBusy, FileDevice
 from ..fsck import EXIT_CANCELLED, EXIT_ERROR, EXIT_USAGE, Options, Report, Result, fsck
-from ..fsck.report import PROG, _isatty
+from ..fsck.report import PROG, is_terminal
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None, stdout: 
     notes = []
     mode = args.mode
     if mode is None:
-        if _isatty(stdin):
+        if is_terminal(stdin):
             mode = "ask"
             report.answers = stdin
         else:

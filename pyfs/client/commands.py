@@ -1,4 +1,4 @@
-"""A small client for the control channel of a mounted pyfs (pyfs/control.py).
+"""A small client for the control channel of a mounted pyfs (wire format: pyfs/format/control.py).
 
 Long operations FUSE cannot carry (collapse and insert ranges, punching and
 zeroing ranges, removing a whole tree) and the daemon's queries are reached
@@ -6,7 +6,8 @@ through extended attributes of the hidden control file at the root of the
 mount.  This module turns paths into those requests; it needs no FUSE
 library and no privilege, so any program may use it.
 
-Promises:
+Promises (DESIGN.md: control channel; invariants 7 and 9; proven by
+tests/test_client.py and tests/test_control_mount.py):
 - Every failure is an `OSError` whose `errno` says why and whose `filename`
   is the path the caller gave: the daemon's errno for a refused command
   (EINVAL for a misaligned or impossible range, EACCES or EPERM for a caller

@@ -55,6 +55,8 @@ BATCH = 128  # keys per repair transaction when a repair touches many
 
 
 class Repairer:
+    """Plans the repairs of the open and makes the later ones; provides `findings.Repairs`."""
+
     def __init__(self, device: Device, scan: ScanResult, trees: TreesRead, ctx: Context) -> None:
         self.device = device
         self.scan = scan

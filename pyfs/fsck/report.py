@@ -5,6 +5,9 @@ repaired, then a summary with units.  With `json_mode` nothing but the final
 JSON document reaches `out`.  Questions (interactive mode) are written to
 the terminal and answered from `answers`.  Progress bars appear only on a
 terminal and only for passes big enough to take a while.
+
+DESIGN.md invariant 9: a problem is one line, an error is one line, never
+a traceback (proven by tests/test_fsck.py).
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class Report:
         self.answers = answers
         self.image = image
         if progress is None:
-            progress = _isatty(self.err)
+            progress = is_terminal(self.err)
         self.progress = progress
         self.quiet = False  # the re-check after a repair reports nothing by itself
 
@@ -115,7 +118,7 @@ class Report:
 
     def ask(self, f: Finding) -> str:
         """'y', 'n', 'a' (yes to all) or 'q' (cancel); end of input cancels."""
-        stream = self.out if not self.json_mode and _isatty(self.out) else self.err
+        stream = self.out if not self.json_mode and is_terminal(self.out) else self.err
         stream.write(f"{f.line()}\n  {f.fix}? [y/n/a/q] ")
         stream.flush()
         assert self.answers is not None
@@ -160,7 +163,8 @@ class Report:
               f"{result.seconds:.2f} s", file=self.out, flush=True)
 
 
-def _isatty(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """True if `stream` is a terminal (False for anything that cannot say, like a closed file)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):

@@ -1,6 +1,6 @@
 """fsck as a whole: check; then, when asked, repair and check again.
 
-Promises (proven by tests/test_fsck.py):
+Promises (DESIGN.md invariants 7 and 9; proven by tests/test_fsck.py):
 - `fsck` in mode "check" never writes (the CLI opens the image read-only as
   well).  It checks the filesystem as mount would see it after replay and
   reports what mount would finish (replay, torn tail, logged operations,

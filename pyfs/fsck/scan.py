@@ -31,7 +31,7 @@ from ..format.node import LEAF_ENTRY_OVERHEAD
 from ..format.records import NODE_TREES, AllocInfo, Tree
 from ..format.superblock import BLOCK_SIZE, Superblock
 from ..engine.journal_scan import JournalCorrupt, ScanResult, find_entries, plan_replay
-from .findings import Finding
+from .findings import Finding, RepairAction, Repairs
 from .state import TREE_NAMES
 
 Progress = Callable[[int], None]
@@ -79,7 +79,7 @@ def read_superblocks(device: Device) -> tuple[Superblock, list[Finding]]:
     findings: list[Finding] = []
     good = sb.encode()
 
-    def rewrite(offset: int) -> Callable:
+    def rewrite(offset: int) -> RepairAction:
         return lambda rep: rep.plan_superblock_write(offset, good)
 
     if combined is not None:
@@ -250,7 +250,7 @@ def read_trees(img: ImageRead, progress: Progress | None = None) -> TreesRead:
         name = TREE_NAMES[tree]
         rebuild = f"rebuild the {name} btree from its readable entries"
 
-        def plan(rep, t=int(tree)) -> None:
+        def plan(rep: Repairs, t: int = int(tree)) -> None:
             rep.plan_rebuild(t)
 
         root = roots.get(int(tree))

@@ -5,7 +5,8 @@ keyed by decoded key tuples, so each check is a loop over a dict and a
 100,000-file image is read once.  Entries whose key or value does not
 decode (or has the wrong shape for its tree) are kept apart in `bad`.
 `apply` takes the key updates of a committed repair transaction, so the
-model follows the image while fsck repairs it.
+model follows the image while fsck repairs it.  It keeps no invariant of
+its own: it is what the checks read (the keys after replay, invariant 2).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The FUSE adapter: pyfuse3 `Operations` over the filesystem core.
 
-Promises:
+Promises (DESIGN.md: the FUSE layer is a thin adapter; invariants 6 and 9):
 - A thin translation: every handler calls one core method and converts its
   result; errors become `pyfuse3.FUSEError` with the errno the core chose.
 - The daemon never dies on a request: any unexpected exception is logged
@@ -9,15 +9,14 @@ Promises:
   symlink, link and every readdirplus entry but '.' and '..' count one;
   `forget` gives them back), so unlinked files live exactly as long as the
   kernel may still use them.
-- Long operations run here, step by step, yielding between steps: the
-  rest of the filesystem keeps being served while requests on the inode an
-  operation holds wait for it.  The start of each is durable before its
-  first step.  Truncates and the control commands that edit a file return
-  once their operation is over; deletions and tree removals go on in the
-  background (`start_background`), or in the request without it.
-- The control file (pyfs/control.py) answers commands and queries; the
-  kernel's cached pages, attributes and names of what a command changed
-  are invalidated before the command returns.
+- A request on an inode a long operation holds waits for its end; what a
+  request starts runs through `longop_runner` before (truncates) or after
+  (deletions, in the background) the request returns.
+- The control file (`control_channel`) is found by lookup at the root,
+  never listed, never opened, renamed, linked or shadowed; its extended
+  attributes are the channel.
+- fsync and fsyncdir return once the core says the file (and everything
+  committed before) is durable.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import stat
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -34,7 +32,8 @@ import trio
 
 from ..format import control
 from ..fs import Attr, Ctx, FileSystem, FsError
-from ..fs.logged_ops import OP_DELETE, OP_RMTREE, RANGE_KINDS
+from .control_channel import CONTROL_ATTR, ControlChannel, is_control, refuse_control_name
+from .longop_runner import LongOpRunner
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +76,6 @@ def _ctx(ctx: pyfuse3.RequestContext | None) -> Ctx:
     return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask)
 
 
-def _caller(ctx: pyfuse3.RequestContext) -> Ctx:
-    """The request's caller with its supplementary groups (read from /proc: FUSE does not pass them)."""
-    groups: tuple[int, ...] = ()
-    try:
-        with open(f"/proc/{ctx.pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    groups = tuple(int(g) for g in line.split()[1:])
-                    break
-    except (OSError, ValueError):
-        pass  # the caller is gone or unreadable: its primary group only
-    return Ctx(uid=ctx.uid, gid=ctx.gid, pid=ctx.pid, umask=ctx.umask, groups=groups)
-
-
-def _control_attr() -> Attr:
-    return Attr(ino=control.CONTROL_INO, mode=stat.S_IFREG | 0o666, nlink=1, uid=0, gid=0, rdev=0, size=0,
-                blocks=0, atime_ns=0, mtime_ns=0, ctime_ns=0, generation=1)
-
-
 def entry(attr: Attr) -> pyfuse3.EntryAttributes:
     e = pyfuse3.EntryAttributes()
     e.st_ino = attr.ino
@@ -135,225 +115,29 @@ class PyfsOperations(pyfuse3.Operations):
     def __init__(self, fs: FileSystem, step_delay: float = 0.0) -> None:
         super().__init__()
         self.fs = fs
-        fs.defer_long_ops = True
-        self.step_delay = step_delay
-        self._nursery: trio.Nursery | None = None
-        self._idle: dict[int, trio.Event] = {}
-        # How the last control command on an inode ended (errno, 0: completed).
-        self._outcome: dict[int, int] = {}
-
-    # -- long operations -------------------------------------------------------------
+        self.longops = LongOpRunner(fs, step_delay)
+        self.control = ControlChannel(fs, self.longops)
 
     def start_background(self, nursery: trio.Nursery) -> None:
         """Run deletions and tree removals in `nursery` instead of inside their request."""
-        self._nursery = nursery
+        self.longops.start_background(nursery)
 
-    async def _wait_idle(self, ino: int) -> None:
-        """Return once no long operation holds `ino`."""
-        while ino in self.fs.busy:
-            event = self._idle.setdefault(ino, trio.Event())
-            await event.wait()
-
-    async def _settle(self, background: bool = False) -> None:
-        """Run the long operations the last core call started.
-
-        Deletions and tree removals (and, with `background`, every kind) go
-        to the nursery; the rest run inside the caller's request.
-        """
-        for kind, ino in self.fs.take_started():
-            if (background or kind in (OP_DELETE, OP_RMTREE)) and self._nursery is not None:
-                await self.fs.fsync()  # durably begun before the request returns
-                self._nursery.start_soon(self._drive_background, kind, ino)
-            else:
-                await self._drive(kind, ino)
-
-    async def _drive(self, kind: str, ino: int) -> None:
-        """Run one long operation to its end, yielding between steps."""
-        try:
-            await self.fs.fsync()  # its start is durable before its first step
-            if kind in RANGE_KINDS:
-                await self._drop_cached_pages(ino)
-            while not self.fs.op_step(kind, ino):
-                self._invalidate_vanished()
-                await trio.sleep(self.step_delay)
-        except trio.Cancelled:
-            log.info("unmounting: %s of inode %d stops here; the next mount finishes it", kind, ino)
-            raise
-        except Exception as exc:
-            log.exception("%s of inode %d failed; the next mount finishes it", kind, ino)
-            self._outcome[ino] = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
-            raise
-        finally:
-            self.fs.op_over(kind, ino)  # may start the deletion of a file unlinked meanwhile
-            self._invalidate_vanished()
-            event = self._idle.pop(ino, None)
-            if event is not None:
-                event.set()
-            if self._nursery is not None:
-                if kind in RANGE_KINDS:  # for waiters that do not ask (a raw setfattr)
-                    self._nursery.start_soon(self._invalidate_inode, ino)
-                for started in self.fs.take_started():
-                    self._nursery.start_soon(self._drive_background, *started)
-
-    async def _drive_background(self, kind: str, ino: int) -> None:
-        try:
-            await self._drive(kind, ino)
-        except Exception:  # noqa: BLE001 - logged by _drive; the daemon goes on
-            pass
-
-    def _invalidate_vanished(self) -> None:
-        vanished, self.fs.vanished = self.fs.vanished, []
-        for parent, name, _ino in vanished:
-            # Not `deleted=`: for a directory the kernel still caches names in,
-            # that fails with ENOTEMPTY and leaves the entry in place.
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
-
-    async def _invalidate_entry(self, parent: int, name: bytes, ino: int) -> None:
-        """Make the kernel forget `parent/name` before the caller hears back.
-
-        In a thread: the kernel takes the directory's lock, which a request
-        being answered here may hold.
-        """
-        def work() -> None:
-            try:
-                try:
-                    pyfuse3.invalidate_entry(parent, name, deleted=ino)
-                except OSError as exc:
-                    if exc.errno != errno.ENOTEMPTY:
-                        raise
-                    # The kernel still caches names inside (a process works in
-                    # there): drop the entry without declaring it deleted.
-                    pyfuse3.invalidate_entry(parent, name)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning("invalidating %r in %d: %s", name, parent, exc)
-
-        await trio.to_thread.run_sync(work)
-
-    @staticmethod
-    def _invalidate_inode_now(ino: int) -> None:
-        try:
-            pyfuse3.invalidate_inode(ino, attr_only=False)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:  # ENOENT: the kernel holds nothing of it
-                log.warning("invalidating inode %d: %s", ino, exc)
-
-    async def _invalidate_inode(self, ino: int) -> None:
-        """Drop the kernel's cached pages and attributes of `ino`.
-
-        In a thread: the kernel locks each cached page, and a read waiting
-        here for the inode holds one until it is answered.
-        """
-        await trio.to_thread.run_sync(self._invalidate_inode_now, ino)
-
-    async def _drop_cached_pages(self, ino: int) -> None:
-        """Before the first step: no read may mix cached old pages with new ones.
-
-        A page a waiting read holds locked cannot go now; that read waits for
-        the operation and sees its end.  The thread is abandoned after a
-        second rather than keep the operation from starting.
-        """
-        with trio.move_on_after(1.0):
-            await trio.to_thread.run_sync(self._invalidate_inode_now, ino, abandon_on_cancel=True)
-
-    # -- the control file ----------------------------------------------------------------
-
-    async def _command(self, raw: bytes, ctx: pyfuse3.RequestContext) -> None:
-        """Judge a command and begin it; its operation goes on in the background (pyfs/control.py)."""
-        try:
-            request = control.decode(raw)
-        except control.BadRequest as exc:
-            log.info("control: bad request: %s", exc)
-            raise FsError(errno.EINVAL) from None
-        caller = _caller(ctx)
-        op = request["op"]
-        label = request.get("label")
-        log.info("control: %s from uid %d: %s", op, caller.uid, label or request)
-        if op == "flush":
-            await self.fs.fsync()
-        elif op == "rmtree":
-            parent, name = request["parent"], control.name_bytes(request)
-            if self._is_control(parent, name):
-                raise FsError(errno.ENOTDIR)
-            await self._wait_idle(parent)
-            for _ in self.fs.rmtree_access_walk(parent, name, caller):
-                await trio.sleep(0)
-            top = self.fs.rmtree(parent, name, caller, label, tree_checked=True)
-            await self._settle()
-            await self.fs.fsync()
-            await self._invalidate_entry(parent, name, top)
-        else:
-            ino = request["ino"]
-            if ino == control.CONTROL_INO:
-                raise FsError(errno.EPERM)
-            await self._wait_idle(ino)
-            self._outcome.pop(ino, None)
-            while len(self._outcome) >= 4096:
-                del self._outcome[next(iter(self._outcome))]
-            self._outcome[ino] = 0
-            call = getattr(self.fs, op)
-            if op in ("punch", "zero"):
-                call(ino, request["offset"], request["length"], request["keep_size"], caller, label)
-            else:
-                call(ino, request["offset"], request["length"], caller, label)
-            await self._settle(background=True)
-            if ino not in self.fs.busy:  # over already: done in one transaction, or inline
-                await self.fs.fsync()  # as durable on return as one that had to begin first
-                await self._invalidate_inode(ino)
-
-    async def _wait_for(self, ino: int) -> bytes:
-        """Answer a wait: once `ino` is idle, with the outcome of its last command."""
-        await self._wait_idle(ino)
-        await self._invalidate_inode(ino)
-        return control.encode_result({"errno": self._outcome.get(ino, 0)})
-
-    async def _query(self, name: bytes) -> bytes:
-        waited = control.waited_ino(name)
-        if waited is not None:
-            return await self._wait_for(waited)
-        if name == control.FLUSH_XATTR:
-            await self.fs.fsync()
-            return control.encode_result({"durable_seq": self.fs.engine.stats().durable_seq})
-        if name == control.OPS_XATTR:
-            listed = [{"kind": s.kind, "ino": s.ino, "label": s.label, "done": s.done, "total": s.total,
-                       "unit": s.unit} for s in self.fs.long_ops()]
-            out = control.encode_result(listed)
-            while len(out) > control.MAX_RESULT and listed:
-                listed = listed[: len(listed) // 2]  # the kernel takes at most 64 KiB: the first ones
-                out = control.encode_result(listed)
-            return out
-        if name == control.STAT_XATTR:
-            st = self.fs.engine.stats()
-            sfs = self.fs.statfs()
-            return control.encode_result({
-                "space": {"total_bytes": sfs.blocks * sfs.block_size, "free_bytes": sfs.blocks_free * sfs.block_size,
-                          "avail_bytes": sfs.blocks_avail * sfs.block_size},
-                "inodes": st.keys.get("inodes", 0),
-                "keys": st.keys,
-                "journal": {"bytes": st.journal_bytes, "fill": round(st.journal_fill, 4)},
-                "seq": st.seq, "durable_seq": st.durable_seq, "checkpoints": st.checkpoints,
-                "commits": self.fs.engine.commits, "long_ops": len(self.fs.long_ops()),
-            })
-        raise FsError(errno.ENODATA)
-
-    @staticmethod
-    def _is_control(parent: int, name: bytes) -> bool:
-        return parent == pyfuse3.ROOT_INODE and name == control.CONTROL_NAME
-
-    def _no_control_name(self, parent: int, name: bytes) -> None:
-        """New names may not shadow the control file."""
-        if self._is_control(parent, name):
-            raise FsError(errno.EEXIST)
+    async def _usable(self, inode: int) -> None:
+        """EPERM for the control file (it is addressed by its extended attributes only);
+        any other inode once no long operation holds it."""
+        if inode == control.CONTROL_INO:
+            raise FsError(errno.EPERM)
+        await self.longops.wait_idle(inode)
 
     # -- names ---------------------------------------------------------------------
 
     @handler
     async def lookup(self, parent_inode, name, ctx=None):
-        if self._is_control(parent_inode, name):
-            return entry(_control_attr())
+        if is_control(parent_inode, name):
+            return entry(CONTROL_ATTR)
         attr = self.fs.lookup(parent_inode, name, _ctx(ctx))
         if attr.ino in self.fs.busy:
-            await self._wait_idle(attr.ino)
+            await self.longops.wait_idle(attr.ino)
             attr = self.fs.getattr(attr.ino)
         return entry(attr)
 
@@ -366,20 +150,18 @@ class PyfsOperations(pyfuse3.Operations):
                 self.fs.forget(ino, nlookup)
             except Exception:  # forget has no reply: log and go on with the others
                 log.exception("forget(%d, %d) failed", ino, nlookup)
-        await self._settle()
+        await self.longops.settle()
 
     @handler
     async def getattr(self, inode, ctx=None):
         if inode == control.CONTROL_INO:
-            return entry(_control_attr())
-        await self._wait_idle(inode)
+            return entry(CONTROL_ATTR)
+        await self.longops.wait_idle(inode)
         return entry(self.fs.getattr(inode))
 
     @handler
     async def setattr(self, inode, attr, fields, fh, ctx):
-        if inode == control.CONTROL_INO:
-            raise FsError(errno.EPERM)
-        await self._wait_idle(inode)
+        await self._usable(inode)
         kwargs = {}
         if fields.update_mode:
             kwargs["mode"] = attr.st_mode
@@ -395,7 +177,7 @@ class PyfsOperations(pyfuse3.Operations):
             kwargs["mtime_ns"] = attr.st_mtime_ns
         result = self.fs.setattr(inode, ctx=_ctx(ctx), **kwargs)
         if self.fs.started:
-            await self._settle()
+            await self.longops.settle()
             result = self.fs.getattr(inode)
         return entry(result)
 
@@ -405,46 +187,44 @@ class PyfsOperations(pyfuse3.Operations):
 
     @handler
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        self._no_control_name(parent_inode, name)
+        refuse_control_name(parent_inode, name)
         return entry(self.fs.mknod(parent_inode, name, mode, rdev, _ctx(ctx)))
 
     @handler
     async def mkdir(self, parent_inode, name, mode, ctx):
-        self._no_control_name(parent_inode, name)
+        refuse_control_name(parent_inode, name)
         return entry(self.fs.mkdir(parent_inode, name, mode, _ctx(ctx)))
 
     @handler
     async def unlink(self, parent_inode, name, ctx):
-        if self._is_control(parent_inode, name):
-            raise FsError(errno.EPERM)
+        refuse_control_name(parent_inode, name, errno.EPERM)
         self.fs.unlink(parent_inode, name, _ctx(ctx))
-        await self._settle()
+        await self.longops.settle()
 
     @handler
     async def rmdir(self, parent_inode, name, ctx):
-        if self._is_control(parent_inode, name):
-            raise FsError(errno.ENOTDIR)
+        refuse_control_name(parent_inode, name, errno.ENOTDIR)
         self.fs.rmdir(parent_inode, name, _ctx(ctx))
-        await self._settle()
+        await self.longops.settle()
 
     @handler
     async def symlink(self, parent_inode, name, target, ctx):
-        self._no_control_name(parent_inode, name)
+        refuse_control_name(parent_inode, name)
         return entry(self.fs.symlink(parent_inode, name, target, _ctx(ctx)))
 
     @handler
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        if self._is_control(parent_inode_old, name_old) or self._is_control(parent_inode_new, name_new):
-            raise FsError(errno.EPERM)
+        refuse_control_name(parent_inode_old, name_old, errno.EPERM)
+        refuse_control_name(parent_inode_new, name_new, errno.EPERM)
         self.fs.rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, _ctx(ctx))
-        await self._settle()
+        await self.longops.settle()
 
     @handler
     async def link(self, inode, new_parent_inode, new_name, ctx):
         if inode == control.CONTROL_INO:
             raise FsError(errno.EPERM)
-        self._no_control_name(new_parent_inode, new_name)
-        await self._wait_idle(inode)
+        refuse_control_name(new_parent_inode, new_name)
+        await self.longops.wait_idle(inode)
         return entry(self.fs.link(inode, new_parent_inode, new_name, _ctx(ctx)))
 
     @handler
@@ -463,23 +243,21 @@ class PyfsOperations(pyfuse3.Operations):
 
     @handler
     async def open(self, inode, flags, ctx):
-        if inode == control.CONTROL_INO:
-            raise FsError(errno.EPERM)  # it is addressed by its extended attributes only
-        await self._wait_idle(inode)
+        await self._usable(inode)
         fh = self.fs.open(inode, flags, _ctx(ctx))
-        await self._settle()
+        await self.longops.settle()
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @handler
     async def create(self, parent_inode, name, mode, flags, ctx):
-        self._no_control_name(parent_inode, name)
+        refuse_control_name(parent_inode, name)
         fh, attr = self.fs.create(parent_inode, name, mode, flags, _ctx(ctx))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True), entry(attr)
 
     async def _wait_fh(self, fh: int) -> None:
         handle = self.fs.handles.get(fh)
         if handle is not None:
-            await self._wait_idle(handle.ino)
+            await self.longops.wait_idle(handle.ino)
 
     @handler
     async def read(self, fh, off, size):
@@ -498,7 +276,7 @@ class PyfsOperations(pyfuse3.Operations):
     @handler
     async def release(self, fh):
         self.fs.release(fh)
-        await self._settle()
+        await self.longops.settle()
 
     @handler
     async def fsync(self, fh, datasync):
@@ -508,7 +286,7 @@ class PyfsOperations(pyfuse3.Operations):
 
     @handler
     async def opendir(self, inode, ctx):
-        await self._wait_idle(inode)
+        await self.longops.wait_idle(inode)
         self.fs.getattr(inode)  # ENOENT for a vanished inode
         return inode
 
@@ -533,32 +311,27 @@ class PyfsOperations(pyfuse3.Operations):
     @handler
     async def setxattr(self, inode, name, value, ctx):
         if inode == control.CONTROL_INO:
-            if name != control.COMMAND_XATTR:
-                raise FsError(errno.EOPNOTSUPP)
-            await self._command(value, ctx)
-            return
-        await self._wait_idle(inode)
+            return await self.control.setxattr(name, value, ctx)
+        await self.longops.wait_idle(inode)
         self.fs.setxattr(inode, name, value)
 
     @handler
     async def getxattr(self, inode, name, ctx):
         if inode == control.CONTROL_INO:
-            return await self._query(name)
-        await self._wait_idle(inode)
+            return await self.control.getxattr(name)
+        await self.longops.wait_idle(inode)
         return self.fs.getxattr(inode, name)
 
     @handler
     async def listxattr(self, inode, ctx):
         if inode == control.CONTROL_INO:
-            return [control.STAT_XATTR, control.OPS_XATTR, control.FLUSH_XATTR]
-        await self._wait_idle(inode)
+            return self.control.listxattr()
+        await self.longops.wait_idle(inode)
         return self.fs.listxattr(inode)
 
     @handler
     async def removexattr(self, inode, name, ctx):
-        if inode == control.CONTROL_INO:
-            raise FsError(errno.EPERM)
-        await self._wait_idle(inode)
+        await self._usable(inode)
         self.fs.removexattr(inode, name)
 
     @handler
