@@ -1,4 +1,4 @@
-"""pyfs/btree.py keeps its promises, driven through the engine that owns it.
+"""pyfs/engine/btree.py keeps its promises, driven through the engine that owns it.
 
 Promises proven here (from the module docstring):
 - a btree behaves exactly like a sorted dict: `get`, `insert`, `delete`,

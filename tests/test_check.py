@@ -1,6 +1,6 @@
 """The engine checker finds each kind of damage, and neither it nor open ever crashes.
 
-Promises proven here (pyfs/check.py, and DESIGN.md invariants 5 and 9):
+Promises proven here (pyfs/engine/check.py, and DESIGN.md invariants 5 and 9):
 - `check_image` returns an empty list for a healthy image, also one left by
   a crash (replayed in memory), and a `Problem` of the right kind for each
   damage a bug or a bad disk can leave: a damaged btree node ("node"), a

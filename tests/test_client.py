@@ -1,6 +1,6 @@
-"""pyfs/client.py and pyfs/tool_cli.py without a mount: size parsing, the
+"""pyfs/client/commands.py and pyfs/cli/control_commands.py without a mount: size parsing, the
 requests the client builds (they pass the daemon's own validation in
-pyfs/control.py), refusals the client decides itself (ENOTTY off pyfs,
+pyfs/format/control.py), refusals the client decides itself (ENOTTY off pyfs,
 EINVAL for negative ranges and for "." or "..", EBUSY for "/"), the output
 formats, and the command line's exit codes and one-line messages.
 """

@@ -1,6 +1,6 @@
 """Long operations through the control file of a real mount (issue #5):
-pyfs/client.py and the `pyfs` control commands (pyfs/tool_cli.py) against
-the daemon (pyfs/fuse.py, pyfs/fs/fallocate.py, pyfs/fs/rmtree.py).
+pyfs/client/commands.py and the `pyfs` control commands (pyfs/cli/control_commands.py) against
+the daemon (pyfs/mount/, pyfs/fs/fallocate.py, pyfs/fs/rmtree.py).
 
 What is proven here:
 - collapse, insert, punch and zero give, byte for byte, what a Python model

@@ -1,8 +1,8 @@
-"""tools/crashloop.py and pyfs/recorder.py: the kill-and-remount loop and power-loss replay.
+"""tools/crashloop.py and pyfs/engine/recorder.py: the kill-and-remount loop and power-loss replay.
 
 - The recording device logs writes before they reach the image and flushes
   only after they succeeded; a flush covers the writes completed when it
-  began; a record cut short by a kill is dropped (pyfs/recorder.py).
+  began; a record cut short by a kill is dropped (pyfs/engine/recorder.py).
 - Crash images rebuilt from a log hold exactly the writes a flush covered,
   plus a subset of the pending ones (tools/crashloop_power.py).
 - The checker accepts every state a crash may leave and rejects a lost

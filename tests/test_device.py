@@ -1,4 +1,4 @@
-"""The device layer keeps the promises in pyfs/device.py's docstring."""
+"""The device layer keeps the promises in pyfs/engine/device.py's docstring."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The engine keeps the promises of its API (pyfs/engine.py, pyfs/trans.py).
+"""The engine keeps the promises of its API (pyfs/engine/engine.py, pyfs/engine/transaction.py).
 
 Promises proven here:
 - A transaction reads its own writes (`get`, `scan` forward, reverse, with

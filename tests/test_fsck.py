@@ -1,6 +1,6 @@
 """fsck.pyfs finds and repairs every kind of damage, and leaves crash states to mount.
 
-Promises proven here (pyfs/fsck/*, pyfs/fsck_cli.py; DESIGN.md invariants 5, 8, 9):
+Promises proven here (pyfs/fsck/*, pyfs/cli/fsck.py; DESIGN.md invariants 5, 8, 9):
 - For every image of the corpus (tests/fsck_corpus.py: one per problem fsck
   checks, each made the way a bug or a bad disk would): `fsck -n` exits 4
   and names the problem, `fsck -y` exits 1, a second `fsck -n` exits 0, the

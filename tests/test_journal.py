@@ -5,12 +5,12 @@ Promises proven here:
   back; `decode_entry` never raises and returns None for anything that is
   not a whole valid entry under this filesystem's seed (truncation, any
   changed byte, garbage, another seed) -- DESIGN.md invariant 5.
-- pyfs/journal/scan.py (`plan_replay`): replay starts at the newest valid
+- pyfs/engine/journal_scan.py (`plan_replay`): replay starts at the newest valid
   checkpoint and follows consecutive seqs; a missing seq with no later proof
   is a torn tail (later entries dropped, `torn_at`/`dropped` reported); a
   missing seq that a later `durable_seq` proves flushed, or no checkpoint at
   all, is `JournalCorrupt` -- invariants 1, 2, 5.
-- pyfs/engine.py with pyfs/journal/writer.py: a crash keeps exactly the
+- pyfs/engine/engine.py with pyfs/engine/journal_writer.py: a crash keeps exactly the
   transactions made durable by the last flush; the circular region wraps
   many times without losing the chain; after a replay the fresh checkpoint's
   seq is above every seq seen, so dropped entries never rejoin; a clean

@@ -1,5 +1,5 @@
-"""mkfs.pyfs keeps the promises in pyfs/mkfs_cli.py's docstring, and the
-superblock reader (pyfs/superblock_io.py) copes with the damaged, foreign,
+"""mkfs.pyfs keeps the promises in pyfs/cli/mkfs.py's docstring, and the
+superblock reader (pyfs/engine/superblock_io.py) copes with the damaged, foreign,
 truncated and future images a user may hand it."""
 
 from __future__ import annotations

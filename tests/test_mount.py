@@ -1,6 +1,6 @@
 """pyfs mounted with FUSE keeps POSIX promises through the kernel, and its
-daemon (pyfs/cli.py, pyfs/fuse.py) keeps the life-cycle promises of
-pyfs/cli.py's docstring: clean unmount by every route, refusal of images in
+daemon (pyfs/cli/main.py, pyfs/mount/) keeps the life-cycle promises of
+pyfs/cli/main.py's docstring: clean unmount by every route, refusal of images in
 use or foreign, read-only mounts, survival of bad requests, and no more loss
 than the commit interval when the daemon dies (DESIGN.md invariants 6, 8
 and 9).

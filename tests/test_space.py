@@ -1,4 +1,4 @@
-"""Bucket space (pyfs/alloc.py, pyfs/engine.py): accounting, reuse rules, ENOSPC.
+"""Bucket space (pyfs/engine/alloc.py, pyfs/engine/engine.py): accounting, reuse rules, ENOSPC.
 
 Promises proven here: live counts follow the extents in the same
 transaction; a full image gives a clean ENOSPC with nothing corrupted; space

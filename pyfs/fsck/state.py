@@ -208,7 +208,7 @@ def _fast_key(key: bytes) -> tuple | None:
     return (a, b, key[19:-2])
 
 
-# The integer arguments each kind of logged op needs (pyfs/fs/longops.py).
+# The integer arguments each kind of logged op needs (pyfs/fs/logged_ops.py).
 _RANGE_FIELDS = ("new_size", "time")
 _OP_FIELDS: dict[str, tuple[str, ...]] = {
     OP_TRUNCATE: ("size",),
