@@ -189,13 +189,13 @@ def is_mountpoint(path: str) -> bool:
 
 def wait_mounted(mnt: str, proc: subprocess.Popen, timeout: float, *, what: str,
                  detail: Callable[[], str] = lambda: "", interval: float = 0.05) -> None:
-    """Wait until `proc` (the daemon, `what`) has mounted `mnt`; OSError if it exits first or takes too long."""
+    """Wait until `proc` (the daemon, `what`) has mounted `mnt`; ToolError if it exits first or takes too long."""
     deadline = time.monotonic() + timeout
     while not is_mountpoint(mnt):
         if proc.poll() is not None:
-            raise OSError(f"{what} exited {proc.returncode} before mounting{detail()}")
+            raise ToolError(f"{what} exited {proc.returncode} before mounting{detail()}")
         if time.monotonic() > deadline:
-            raise OSError(f"{what} did not mount {mnt} within {timeout:.0f} s{detail()}")
+            raise ToolError(f"{what} did not mount {mnt} within {timeout:.0f} s{detail()}")
         time.sleep(interval)
 
 
