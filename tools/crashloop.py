@@ -655,7 +655,7 @@ class CrashLoop:
         targets = []
         for path, node in durable.walk():
             now = final.lookup(path)
-            if node.kind == "file" and len(node.data or b"") >= UNIT and now is not None and now.fid == node.fid \
+            if node.kind == "file" and node.size >= UNIT and now is not None and now.fid == node.fid \
                     and now.data == node.data and (expect.rlog.inflight is None
                                                    or path not in json.dumps(expect.rlog.inflight.args)):
                 targets.append((path, node))
@@ -674,7 +674,7 @@ class CrashLoop:
                 fs.unlink(parent, name.encode())
             else:
                 fh = fs.open(ino, os.O_RDWR)
-                fs.write(fh, 0, pattern(node.fid + 1, 1, 0, min(4096, len(node.data or b""))))
+                fs.write(fh, 0, pattern(node.fid + 1, 1, 0, min(4096, node.size)))
                 fs.release(fh)
         finally:
             fs.close()

@@ -254,6 +254,11 @@ class Node:
     entries: dict[str, int] | None = None
     chunks: list[bytes | None] = field(default_factory=list)  # digest cache of data
 
+    @property
+    def size(self) -> int:
+        """Bytes of file data (0 for anything else)."""
+        return len(self.data or b"")
+
     def invalidate(self, start: int, end: int | None = None) -> None:
         """Forget cached chunk digests covering [start, end) (to the end if None)."""
         assert self.data is not None
