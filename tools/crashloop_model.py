@@ -167,6 +167,16 @@ def mtime_key(mtime_ns: int) -> int:
     return mtime_ns if mtime_ns < MTIME_KNOWN_BEFORE else 0
 
 
+def entry_of(mode: int, mtime_ns: int, ino: int, xattrs: dict[str, bytes], *, size: int = 0,
+             content: bytes = b"", target: str = "") -> Entry:
+    """The Entry of a path read back from a tree (through the mount or the core API):
+    `size` and `content` (digest) count for files only, `target` for symlinks."""
+    kind = file_kind(mode)
+    if kind != "file":
+        size, content = 0, b""
+    return Entry(kind, mode & 0o7777, mtime_key(mtime_ns), size, content, target, xattrs_digest(xattrs), ino)
+
+
 @dataclass
 class TreeState:
     """path -> Entry for every name in a tree ("." is the root)."""
