@@ -99,21 +99,8 @@ from dataclasses import dataclass
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.common import (  # noqa: E402
-    GIB,
-    KIB,
-    MIB,
-    REPO,
-    Stopwatch,
-    ToolError,
-    fusermount,
-    is_mountpoint,
-    mkfs,
-    run_child,
-    run_quiet,
-    scratch_dir,
-    sparse_file,
-    table_lines,
-    wait_mounted,
+    GIB, KIB, MIB, REPO, Stopwatch, ToolError, fusermount, is_mountpoint, mkfs, run_child, run_quiet,
+    scratch_dir, sparse_file, table_lines, wait_mounted,
 )
 
 BLOCK = 4 * KIB

@@ -43,23 +43,8 @@ from pyfs.format.checksum import seed_from_uuid  # noqa: E402
 from pyfs.format.keys import encode_key  # noqa: E402
 from pyfs.format.records import Tree  # noqa: E402
 from tools.common import (  # noqa: E402
-    GIB,
-    MIB,
-    Stopwatch,
-    ToolError,
-    add_engine_options,
-    check,
-    child_main,
-    default_workdir_parent,
-    disk_mib,
-    insert_keys,
-    make_image,
-    measure_in_child,
-    open_image,
-    peak_rss_mib,
-    scratch_dir,
-    table_lines,
-    value_of,
+    GIB, MIB, Stopwatch, ToolError, add_engine_options, check, child_main, default_workdir_parent, disk_mib,
+    insert_keys, make_image, measure_in_child, open_image, peak_rss_mib, scratch_dir, table_lines, value_of,
 )
 
 FIGURES = ("tx_nosync", "tx_flush", "bulk_batch", "bulk_single", "replay", "open_clean")
@@ -144,8 +129,7 @@ def fig_tx_nosync(plan: Plan, workdir: str) -> dict:
     rss = peak_rss_mib()
     engine.close()
     reopen_and_scan(path, n)
-    return {"transactions": n, "seconds": timed.seconds, "cpu_seconds": timed.cpu_seconds,
-            "tx_per_s": n / timed.seconds, "peak_rss_mib": rss}
+    return {"transactions": n, **timed.rates(n, "tx"), "peak_rss_mib": rss}
 
 
 def fig_tx_flush(plan: Plan, workdir: str) -> dict:
@@ -161,8 +145,7 @@ def fig_tx_flush(plan: Plan, workdir: str) -> dict:
     check(engine.replayed_entries >= n, f"crash reopen replayed {engine.replayed_entries} entries, expected {n}+")
     check_all_keys(engine, n)
     engine.close()
-    return {"transactions": n, "seconds": timed.seconds, "cpu_seconds": timed.cpu_seconds,
-            "tx_per_s": n / timed.seconds, "peak_rss_mib": rss}
+    return {"transactions": n, **timed.rates(n, "tx"), "peak_rss_mib": rss}
 
 
 def _bulk(plan: Plan, workdir: str, figure: str, n: int, per_tx: int) -> dict:
@@ -180,9 +163,7 @@ def _bulk(plan: Plan, workdir: str, figure: str, n: int, per_tx: int) -> dict:
     return {
         "keys": n,
         "keys_per_tx": per_tx,
-        "seconds": timed.seconds,
-        "cpu_seconds": timed.cpu_seconds,
-        "keys_per_s": n / timed.seconds,
+        **timed.rates(n, "keys"),
         "close_seconds": close.seconds,
         "checkpoints": checkpoints,
         "peak_rss_mib": rss,

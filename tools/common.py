@@ -293,6 +293,10 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self._wall
         self.cpu_seconds = time.process_time() - self._cpu
 
+    def rates(self, count: int, unit: str) -> dict[str, float]:
+        """The figures of `count` `unit` done in the block: seconds, CPU seconds and `unit`_per_s."""
+        return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds, f"{unit}_per_s": count / self.seconds}
+
 
 def peak_rss_mib() -> float:
     """Peak resident set of this process so far (Linux reports KiB)."""

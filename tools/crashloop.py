@@ -299,9 +299,7 @@ class Expectation:
         elif prefix == len(self.rlog.applied):
             m = self.final.copy()
         else:
-            m = self.rlog.start.copy()
-            for op in self.rlog.applied[:prefix]:
-                m.apply(op)
+            m = self.rlog.model_after(prefix)
         m.prune()
         return m
 
@@ -352,9 +350,7 @@ def _torn_write(state: TreeState, expect: Expectation, log_pos: int | None, read
     """
     lo, hi, inflight = expect.bounds(log_pos)
     rlog = expect.rlog
-    before = rlog.start.copy()
-    for op in rlog.applied[:lo]:
-        before.apply(op)
+    before = rlog.model_after(lo)
     tries = [(j, rlog.applied[j], False) for j in range(lo, hi)]
     if inflight and rlog.inflight is not None:
         tries.append((hi, rlog.inflight, True))
@@ -416,9 +412,7 @@ def _explain(state: TreeState, expect: Expectation, log_pos: int | None, read_co
     """No candidate matches: name the first divergence from the closest one, and check 2 and 4 findings."""
     lo, hi, inflight = expect.bounds(log_pos)
     rlog = expect.rlog
-    m = rlog.start.copy()
-    for op in rlog.applied[:lo]:
-        m.apply(op)
+    m = rlog.model_after(lo)
     durable = m.state()
     # Paths whose file and content stay the same in every allowed state: what fsync promised (check 2).
     steady = {p: e for p, e in durable.entries.items()}

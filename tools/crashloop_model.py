@@ -535,13 +535,8 @@ class Model:
         self._touch(dp)
 
 
+KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo"}
+
+
 def file_kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return f"other({stat.S_IFMT(mode):o})"
+    return KINDS.get(stat.S_IFMT(mode), f"other({stat.S_IFMT(mode):o})")

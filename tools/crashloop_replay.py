@@ -91,9 +91,7 @@ def _recovered_model(src: RoundLog, final: Model, e: dict) -> Model:
     if e["prefix"] >= len(src.applied) and not e.get("inflight"):
         m = final.copy()
     else:
-        m = src.start.copy()
-        for op in src.applied[: min(e["prefix"], len(src.applied))]:
-            m.apply(op)
+        m = src.model_after(e["prefix"])
     if e.get("inflight") and src.inflight is not None:
         m.apply(src.inflight)
     if e.get("torn_op"):

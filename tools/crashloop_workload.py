@@ -130,6 +130,13 @@ class RoundLog:
         self.digests.append(state.digest())
         self.file_bytes.append(state.file_bytes())
 
+    def model_after(self, k: int) -> Model:
+        """A fresh model of the first `k` applied operations."""
+        m = self.start.copy()
+        for op in self.applied[:k]:
+            m.apply(op)
+        return m
+
     def durable_prefix(self, log_pos: int | None = None) -> int:
         """The longest prefix made durable (by calls that returned before `log_pos`, if given)."""
         best = 0
@@ -218,10 +225,21 @@ class Workload:
         return op
 
     def step(self) -> None:
+        """One operation: its kind, then what it works on (a file, an fd of the pool), then the rest."""
         self._walk = self.model.walk()
         kind = self._pick_kind()
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        getattr(self, f"_do_{kind}")()
+        do = getattr(self, f"_do_{kind}")
+        if kind in self.ON_FILE:
+            picked = self._choose(self._of_kind("file"))
+            if picked is not None:
+                do(*picked)
+        elif kind in self.ON_POOL:
+            p = self._choose(self.pool)
+            if p is not None:
+                do(p)
+        else:
+            do()
 
     # -- performing one operation ----------------------------------------------------------
 
@@ -288,6 +306,9 @@ class Workload:
         "verify": 3,
         "collapse": 2, "insert": 2, "punch": 2, "zero": 2, "rmtree": 1, "flush": 1,
     }
+    ON_FILE = {"write_small", "write_large", "write_sparse", "write_burst", "append", "truncate", "fsync",
+               "fdatasync", "pool_open", "verify"}  # their `_do_` gets (path, node) of a file chosen first
+    ON_POOL = {"pool_write", "pool_fsync", "pool_truncate"}  # theirs gets an open fd of the pool
     GROWTH = {"write_large", "write_sparse", "append", "insert", "create", "mkdir", "write_burst"}
     LONG = {"collapse", "insert", "punch", "zero", "rmtree", "flush"}
 
@@ -445,9 +466,6 @@ class Workload:
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _pick_file(self) -> tuple[str, Node] | None:
-        return self._choose(self._of_kind("file"))
-
     def _write_op(self, fid: int, offset: int, length: int) -> Op:
         """A write of `length` bytes (clamped to one FUSE request and the file size limit); gen = index."""
         length = max(1, min(length, MAX_WRITE, MAX_FILE - offset))
@@ -472,41 +490,25 @@ class Workload:
         with self._opened(path, os.O_WRONLY) as fd:
             self._write(op, fd)
 
-    def _do_write_small(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
+    def _do_write_small(self, path: str, node: Node) -> None:
         size = node.size
         offset = size if self.rng.random() < 0.25 else self.rng.randint(0, size)
         self._path_write(path, node, offset, self.rng.choice([1, 17, 512, 4096, self.rng.randint(1, 8192)]))
 
-    def _do_write_large(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
+    def _do_write_large(self, path: str, node: Node) -> None:
         size = node.size
         offset = self.rng.randint(0, size)
         if self.rng.random() < 0.5:
             offset -= offset % 4096
         self._path_write(path, node, offset, self.rng.randint(64 * KiB, MAX_WRITE))
 
-    def _do_write_sparse(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
+    def _do_write_sparse(self, path: str, node: Node) -> None:
         size = node.size
         self._path_write(path, node, size + self.rng.randint(1, 2 * MiB), self.rng.randint(1, 256 * KiB))
 
-    def _do_write_burst(self) -> None:
+    def _do_write_burst(self, path: str, node: Node) -> None:
         """Many small writes a block apart: a file of more than STEP_EXTENTS (256) extents, so that
         truncating, deleting or overwriting it is a long operation or a write in pieces."""
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
         start = self.rng.randint(0, 64) * 4096
         count = self.rng.randint(260, 400)
         if start + count * 8192 > MAX_FILE:
@@ -515,11 +517,7 @@ class Workload:
             for i in range(count):
                 self._write(self._write_op(node.fid, start + i * 8192, self.rng.choice([1, 100, 512])), fd)
 
-    def _do_append(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
+    def _do_append(self, path: str, node: Node) -> None:
         size = node.size
         if size >= MAX_FILE:
             return
@@ -546,11 +544,7 @@ class Workload:
             new = min(MAX_FILE, size + self.rng.randint(1, MiB))
         return new
 
-    def _do_truncate(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
+    def _do_truncate(self, path: str, node: Node) -> None:
         size = node.size
         new = self._new_size(size)
         if new == size:
@@ -603,20 +597,16 @@ class Workload:
 
     # -- durability ------------------------------------------------------------------------------------
 
-    def _fsync_path(self, kind: str) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path = picked[0]
+    def _fsync_path(self, kind: str, path: str) -> None:
         op = self._new_op(kind, {"path": path})
         with self._opened(path, os.O_RDONLY) as fd:
             self._perform(op, lambda: SYNC[kind](fd))
 
-    def _do_fsync(self) -> None:
-        self._fsync_path("fsync")
+    def _do_fsync(self, path: str, node: Node) -> None:
+        self._fsync_path("fsync", path)
 
-    def _do_fdatasync(self) -> None:
-        self._fsync_path("fdatasync")
+    def _do_fdatasync(self, path: str, node: Node) -> None:
+        self._fsync_path("fdatasync", path)
 
     def _do_fsync_dir(self) -> None:
         path = self.rng.choice(self._dirs())[0]
@@ -626,11 +616,9 @@ class Workload:
 
     # -- open files (writes to renamed and unlinked files) ------------------------------------------
 
-    def _do_pool_open(self) -> None:
-        picked = self._pick_file()
-        if picked is None or len(self.pool) >= POOL_MAX:
+    def _do_pool_open(self, path: str, node: Node) -> None:
+        if len(self.pool) >= POOL_MAX:
             return
-        path, node = picked
         append = self.rng.random() < 0.3
         fd = self._prep(lambda: os.open(self._path(path), os.O_RDWR | (os.O_APPEND if append else 0)))
         self.pool.append(PoolFd(fd, node.fid, append))
@@ -646,10 +634,7 @@ class Workload:
                 raise LiveDivergence(f"close failed: {exc!r}") from None
         self._forget_unreachable()
 
-    def _do_pool_write(self) -> None:
-        p = self._choose(self.pool)
-        if p is None:
-            return
+    def _do_pool_write(self, p: PoolFd) -> None:
         size = self.model.nodes[p.fid].size
         offset = size if p.append else self.rng.randint(0, size)
         if offset >= MAX_FILE:
@@ -658,18 +643,12 @@ class Workload:
         op.args["fd"] = True
         self._write(op, p.fd, p.append)
 
-    def _do_pool_fsync(self) -> None:
-        p = self._choose(self.pool)
-        if p is None:
-            return
+    def _do_pool_fsync(self, p: PoolFd) -> None:
         kind = self.rng.choice(["fsync", "fdatasync"])
         op = self._new_op(kind, {"fid": p.fid, "fd": True})
         self._perform(op, lambda: SYNC[kind](p.fd))
 
-    def _do_pool_truncate(self) -> None:
-        p = self._choose(self.pool)
-        if p is None:
-            return
+    def _do_pool_truncate(self, p: PoolFd) -> None:
         size = self.model.nodes[p.fid].size
         new = self._new_size(size)
         if new == size:
@@ -682,11 +661,7 @@ class Workload:
 
     # -- reading back while alive ----------------------------------------------------------------------
 
-    def _do_verify(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
+    def _do_verify(self, path: str, node: Node) -> None:
 
         def read() -> bytes:
             with open(self._path(path), "rb") as f:

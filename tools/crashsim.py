@@ -306,6 +306,14 @@ def explore_io_errors(seed: int, transactions: int, max_errors: int = 5) -> tupl
     return runs, errors
 
 
+def report(line: str, errors: list[str]) -> bool:
+    """Print a summary line and the violations under it; whether there were any."""
+    print(line, flush=True)
+    for e in errors:
+        print("  " + e)
+    return bool(errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.CRITICAL)  # injected faults log an error each; the summary is what counts
     argv = sys.argv[1:] if argv is None else argv
@@ -326,10 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             runs, eio_errors = explore_io_errors(seed, max(20, args.transactions // 4))
             errors += eio_errors
             line += f", {runs} EIO runs"
-        print(f"{line}, {len(errors)} violations, {time.monotonic() - t0:.1f} s", flush=True)
-        for e in errors:
-            print("  " + e)
-        failures += bool(errors)
+        failures += report(f"{line}, {len(errors)} violations, {time.monotonic() - t0:.1f} s", errors)
     print(f"{args.seeds - failures} passed, {failures} failed")
     return 1 if failures else 0
 
@@ -459,6 +464,14 @@ def _mkdir(fs: FileSystem, parent: int, name: bytes, mode: int = 0o755) -> int:
     return attr.ino
 
 
+def _lookup(fs: FileSystem, parent: int, *names: bytes) -> int:
+    """The inode at `parent`/names..., each lookup forgotten again."""
+    for name in names:
+        parent = fs.lookup(parent, name).ino
+        fs.forget(parent)
+    return parent
+
+
 def _file_op_args(kind: str, size: int, extents: int) -> tuple:
     """The arguments of the file operation `kind` for a fragmented file of `size` bytes."""
     tenth = BLOCK * max(1, extents // 10)
@@ -498,16 +511,11 @@ def file_op_model(kind: str, data: bytes, args: tuple) -> bytes:
 
 
 def run_file_op(fs: FileSystem, kind: str, ino: int, args: tuple) -> None:
-    if kind == "collapse":
-        fs.collapse(ino, *args, label="f")
-    elif kind == "insert":
-        fs.insert(ino, *args, label="f")
-    elif kind == "punch":
+    if kind in ("collapse", "insert"):
+        getattr(fs, kind)(ino, *args, label="f")
+    elif kind in ("punch", "zero"):
         off, length, keep_size = args
-        fs.punch(ino, off, length, keep_size=keep_size, label="f")
-    elif kind == "zero":
-        off, length, keep_size = args
-        fs.zero(ino, off, length, keep_size=keep_size, label="f")
+        getattr(fs, kind)(ino, off, length, keep_size=keep_size, label="f")
     elif kind == "truncate":
         fs.setattr(ino, size=args[0])
     else:
@@ -534,17 +542,8 @@ def build_tree(fs: FileSystem, rng: random.Random, parent: int, extents: int) ->
         fs.forget(fs.mknod(sub, b"fifo", stat.S_IFIFO | 0o644).ino)
         _mkdir(fs, sub, b"empty")
     # Hard links: /outside and /t/d0/region are one file; /t/d1/region is also /t/d2/hl.
-    d0 = fs.lookup(t, b"d0").ino
-    fs.forget(d0)
-    shared = fs.lookup(d0, b"region").ino
-    fs.forget(shared)
-    fs.forget(fs.link(shared, parent, b"outside").ino)
-    d1, d2 = fs.lookup(t, b"d1").ino, fs.lookup(t, b"d2").ino
-    fs.forget(d1)
-    fs.forget(d2)
-    inner = fs.lookup(d1, b"region").ino
-    fs.forget(inner)
-    fs.forget(fs.link(inner, d2, b"hl").ino)
+    fs.forget(fs.link(_lookup(fs, t, b"d0", b"region"), parent, b"outside").ino)
+    fs.forget(fs.link(_lookup(fs, t, b"d1", b"region"), _lookup(fs, t, b"d2"), b"hl").ino)
     deep = _mkdir(fs, t, b"deep")
     for level in range(50):
         deep = _mkdir(fs, deep, b"l%d" % level)
@@ -795,13 +794,10 @@ def longops_main(argv: list[str]) -> int:
                                         None if args.exhaustive else args.sample, seed=args.seed)
             rec_checked += n
             errors += found
-        print(f"{kind}: {args.extents} extents, step {step}, {ops} device ops (start durable at op "
-              f"{run.durable_from}, {run.checkpoints} checkpoints during the operation), {checked} crash images, "
-              f"{rec_checked} recovery crash images from {len(mids)} mid-operation images, "
-              f"{len(errors)} violations, {time.monotonic() - t0:.1f} s", flush=True)
-        for e in errors:
-            print("  " + e)
-        failures += bool(errors)
+        failures += report(f"{kind}: {args.extents} extents, step {step}, {ops} device ops (start durable at op "
+                           f"{run.durable_from}, {run.checkpoints} checkpoints during the operation), {checked} "
+                           f"crash images, {rec_checked} recovery crash images from {len(mids)} mid-operation "
+                           f"images, {len(errors)} violations, {time.monotonic() - t0:.1f} s", errors)
     print(f"{len(kinds) - failures} passed, {failures} failed, {time.monotonic() - total_start:.1f} s")
     return 1 if failures else 0
 

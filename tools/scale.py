@@ -46,25 +46,9 @@ from pyfs.engine.engine import EngineOptions  # noqa: E402
 from pyfs.format.keys import encode_key  # noqa: E402
 from pyfs.format.records import Tree  # noqa: E402
 from tools.common import (  # noqa: E402
-    CheckFailed,
-    Stopwatch,
-    ToolError,
-    add_engine_options,
-    check,
-    child_main,
-    current_rss_mib,
-    default_workdir_parent,
-    insert_keys,
-    make_image,
-    measure_in_child,
-    open_image,
-    peak_rss_mib,
-    peak_rss_since_reset_mib,
-    reset_peak_rss,
-    scratch_dir,
-    shuffled,
-    table_lines,
-    value_of,
+    CheckFailed, Stopwatch, ToolError, add_engine_options, check, child_main, current_rss_mib,
+    default_workdir_parent, insert_keys, make_image, measure_in_child, open_image, peak_rss_mib,
+    peak_rss_since_reset_mib, reset_peak_rss, scratch_dir, shuffled, table_lines, value_of,
 )
 
 BATCH = 100
@@ -101,9 +85,7 @@ def phase_insert(args: argparse.Namespace, path: str) -> dict:
     engine.close()
     return {
         "keys": n,
-        "seconds": timed.seconds,
-        "cpu_seconds": timed.cpu_seconds,
-        "keys_per_s": n / timed.seconds,
+        **timed.rates(n, "keys"),
         "checkpoints": checkpoints,
         "max_cached_nodes": max_cache,
         "cache_full": max_cache >= limit,
@@ -142,9 +124,7 @@ def phase_read(args: argparse.Namespace, path: str) -> dict:
     engine.close()
     return {
         "keys": n,
-        "seconds": timed.seconds,
-        "cpu_seconds": timed.cpu_seconds,
-        "keys_per_s": n / timed.seconds,
+        **timed.rates(n, "keys"),
         "node_reads": node_reads,
         "max_cached_nodes": max_cache,
         "cache_full": max_cache >= limit,
