@@ -1,5 +1,8 @@
 """What the tools under tools/ share: paths, images, mounts, child processes, tables.
 
+A step that fails raises `ToolError` with one line saying which; a figure
+whose own check fails raises `CheckFailed` (`check`).
+
 - Images: `mkfs` makes one with mkfs.py as a user does; `make_image` and
   `open_image` format or open a sparse image file in process through
   `FileDevice`, so engine figures include the system calls and fdatasync a
@@ -27,7 +30,6 @@ import contextlib
 import io
 import json
 import os
-import random
 import re
 import resource
 import shutil
@@ -37,7 +39,6 @@ import sys
 import tempfile
 import threading
 import time
-from array import array
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -162,11 +163,6 @@ def open_image(path: str, options: EngineOptions | None = None, *, read_only: bo
         raise
 
 
-def disk_mib(path: str) -> float:
-    """Space the (sparse) image really takes on disk."""
-    return os.stat(path).st_blocks * 512 / MIB
-
-
 def fsck_device(device, mode: str = "check", *, force: bool = False) -> tuple[Result, str]:
     """fsck of the image on `device`, in process: (its result, everything it printed)."""
     from pyfs.fsck import Options, Report, fsck
@@ -220,12 +216,11 @@ class ChildRun:
     timed_out: bool  # killed after `timeout` seconds
 
 
-def run_child(argv: list[str], *, timeout: float | None = None, pass_stderr: bool = False,
-              cwd: str | None = None) -> ChildRun:
+def run_child(argv: list[str], *, timeout: float | None = None, pass_stderr: bool = False) -> ChildRun:
     """Run `argv` to its end (killed after `timeout` s): its output, wall seconds and peak RSS."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=None if pass_stderr else err, cwd=cwd)
+        proc = subprocess.Popen(argv, stdout=out, stderr=None if pass_stderr else err)
         fired = threading.Event()
 
         def kill() -> None:
@@ -303,36 +298,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def current_rss_mib() -> float:
-    """Resident set of this process now (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
-
-
-def reset_peak_rss() -> bool:
-    """Restart the kernel's peak-RSS watermark (VmHWM) at the current RSS; False if not possible.
-
-    `ru_maxrss` cannot be reset; VmHWM can (Linux >= 4.0, "5" to clear_refs),
-    which lets one phase of a process be measured apart from an earlier peak.
-    Linux derives `ru_maxrss` from the same watermark, so it restarts too:
-    read any earlier peak first.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_since_reset_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise OSError("no VmHWM in /proc/self/status")
-
-
 # -- workloads --------------------------------------------------------------------------------
 
 
@@ -355,19 +320,6 @@ def insert_keys(engine: Engine, stop: int, per_tx: int, *, start: int = 0,
                 t.put(Tree.INODES, (i,), value_of(i))
         if after_tx is not None:
             after_tx(tx)
-
-
-def shuffled(n: int, seed: int) -> array:
-    """range(n) in a random order, as 4-byte ints (a list of a million ints
-    would itself weigh ~40 MiB and blur the memory figures being measured).
-
-    Truly shuffled, not a cheap affine scramble: a stride pattern revisits
-    each btree leaf at regular long intervals, the worst case of an LRU
-    cache, and would understate what a cache of a given size achieves.
-    """
-    order = array("I", range(n))
-    random.Random(seed).shuffle(order)
-    return order
 
 
 def walk_fs(fs: FileSystem) -> Iterator[tuple[tuple[bytes, ...], object]]:

@@ -121,11 +121,6 @@ def content_digest(size: int, chunk_digests: Iterable[bytes]) -> bytes:
     return h.digest()
 
 
-def digest_of_bytes(data: bytes | bytearray) -> bytes:
-    view = memoryview(data)
-    return content_digest(len(data), (chunk_digest(view[i : i + CHUNK]) for i in range(0, len(data), CHUNK)))
-
-
 def xattrs_digest(xattrs: dict[str, bytes]) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(xattrs):

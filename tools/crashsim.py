@@ -276,7 +276,6 @@ def explore_io_errors(seed: int, transactions: int, max_errors: int = 5) -> tupl
         kwargs = {"fail_write_at": index} if what == "write" else {"fail_flush_at": index}
         dev = FaultDevice(bytearray(base), **kwargs)
         engine = Engine.open(dev)
-        ops_at_start = len(dev.ops)
         run = Workload(seed, transactions).run(engine, dev)
         label = f"seed {seed} EIO at {what} {index}"
         if run.error is None:
@@ -297,7 +296,6 @@ def explore_io_errors(seed: int, transactions: int, max_errors: int = 5) -> tupl
             errors.append(f"{label}: flush after an I/O error claimed success")
         except OSError:
             pass
-        del ops_at_start
         for mode in ("drop_all", "keep_all"):
             image = dev.crash_image(len(dev.ops), mode, random.Random(index))
             errors += verify_reopened(image, run, len(dev.ops), f"{label} reopened ({mode})")

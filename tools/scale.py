@@ -16,7 +16,7 @@ key count against the small one, for every cache size:
   insert peak     `ru_maxrss` of the insert child
   open peak       `ru_maxrss` of the read child right after Engine.open
   read-loop peak  the peak during the read loop alone (the kernel's
-                  watermark is restarted after the open, see benchlib)
+                  watermark is restarted after the open, see reset_peak_rss)
 
 Each must stay within `--limit` (default 1.5) times its small-count value;
 otherwise the bound is violated and the tool exits 1.  The insert and
@@ -38,7 +38,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
+from array import array
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,12 +48,55 @@ from pyfs.engine.engine import EngineOptions  # noqa: E402
 from pyfs.format.keys import encode_key  # noqa: E402
 from pyfs.format.records import Tree  # noqa: E402
 from tools.common import (  # noqa: E402
-    CheckFailed, Stopwatch, ToolError, add_engine_options, check, child_main, current_rss_mib,
-    default_workdir_parent, insert_keys, make_image, measure_in_child, open_image, peak_rss_mib,
-    peak_rss_since_reset_mib, reset_peak_rss, scratch_dir, shuffled, table_lines, value_of,
+    MIB, CheckFailed, Stopwatch, ToolError, add_engine_options, check, child_main, default_workdir_parent,
+    insert_keys, make_image, measure_in_child, open_image, peak_rss_mib, scratch_dir, table_lines, value_of,
 )
 
 BATCH = 100
+
+
+def shuffled(n: int, seed: int) -> array:
+    """range(n) in a random order, as 4-byte ints (a list of a million ints
+    would itself weigh ~40 MiB and blur the memory figures being measured).
+
+    Truly shuffled, not a cheap affine scramble: a stride pattern revisits
+    each btree leaf at regular long intervals, the worst case of an LRU
+    cache, and would understate what a cache of a given size achieves.
+    """
+    order = array("I", range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def current_rss_mib() -> float:
+    """Resident set of this process now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+def reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS watermark (VmHWM) at the current RSS; False if not possible.
+
+    `ru_maxrss` cannot be reset; VmHWM can (Linux >= 4.0, "5" to clear_refs),
+    which lets one phase of a process be measured apart from an earlier peak.
+    Linux derives `ru_maxrss` from the same watermark, so it restarts too:
+    read any earlier peak first.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_since_reset_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
 
 
 def options_for(args: argparse.Namespace) -> EngineOptions:
