@@ -537,7 +537,7 @@ class CrashLoop:
         start = time.monotonic()
         self.oplog.event("run", config=asdict(cfg), workdir=self.workdir)
         try:
-            self._mkfs()
+            mkfs(self.image, cfg.image_size, journal_size=cfg.journal_size)
             model = Model(self.umask)
             rlog0 = RoundLog(0, model.copy())
             rlog0.begin()
@@ -571,9 +571,6 @@ class CrashLoop:
         if not self.summary.violations and self.own_workdir and not cfg.keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.summary
-
-    def _mkfs(self) -> None:
-        mkfs(self.image, self.cfg.image_size, journal_size=self.cfg.journal_size)
 
     def _cleanup(self) -> None:
         if self.daemon is not None and self.daemon.proc.poll() is None:
