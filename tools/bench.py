@@ -712,7 +712,7 @@ def pyfs_mount(work: str, image_size: int) -> Iterator[tuple[str, dict]]:
             run_quiet([py, "-m", "pyfs", "umount", mnt], "pyfs umount", timeout=600, cwd=REPO)
         except ToolError as exc:
             log(f"bench: {exc}; trying fusermount3 -u")
-            fusermount(mnt, timeout=None)
+            unmount_fuse(mnt)
             raise
         facts["umount_seconds"] = round(time.monotonic() - t0, 2)
 
@@ -736,9 +736,7 @@ def fuse2fs_mount(work: str, image_size: int) -> Iterator[tuple[str, dict]]:
     finally:
         t0 = time.monotonic()
         if is_mountpoint(mnt):
-            r = fusermount(mnt, timeout=None)
-            if r.returncode != 0:
-                log(f"bench: fusermount3 -u {mnt}: {r.stderr.strip()}")
+            unmount_fuse(mnt)
         try:
             proc.wait(timeout=600)
         except subprocess.TimeoutExpired:
@@ -747,6 +745,13 @@ def fuse2fs_mount(work: str, image_size: int) -> Iterator[tuple[str, dict]]:
             proc.wait()
             raise BenchError("fuse2fs did not exit after fusermount3 -u") from None
         facts["umount_seconds"] = round(time.monotonic() - t0, 2)
+
+
+def unmount_fuse(mnt: str) -> None:
+    """`fusermount3 -u MNT`, saying so if it fails."""
+    r = fusermount(mnt, timeout=None)
+    if r.returncode != 0:
+        log(f"bench: fusermount3 -u {mnt}: {r.stderr.strip()}")
 
 
 def bench_child(target: str, args: argparse.Namespace, timeout: float) -> dict:
