@@ -93,15 +93,17 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-KIB = 1 << 10
-MIB = 1 << 20
-GIB = 1 << 30
-BLOCK = 4 * KIB
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tools.common import (  # noqa: E402
+    GIB, KIB, MIB, REPO, Stopwatch, ToolError, fusermount, is_mountpoint, mkfs, run_child, run_quiet,
+    scratch_dir, sparse_file, table_lines, wait_mounted,
+)
+
+BLOCK = 4 * KIB
 CACHE_DIR = os.path.join(tempfile.gettempdir(),
                          "pyfs-bench-cache" if os.geteuid() == 0 else f"pyfs-bench-cache-{os.geteuid()}")
 TARBALL_FORMAT_VERSION = 1
@@ -125,7 +127,7 @@ UNITS = {name: unit for name, unit, _ in FIGURES}
 SYSTEMS = ("pyfs", "fuse2fs", "host")
 
 
-class BenchError(Exception):
+class BenchError(ToolError):
     """A workload produced a wrong result, or a filesystem could not be set up."""
 
 
@@ -229,6 +231,18 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[n:]
 
 
+def write_new_file(path: str, chunks: Iterable[bytes | bytearray], fsync: bool = False) -> None:
+    """Create `path` (it must not exist) and write `chunks` to it, then fsync if asked, and close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for chunk in chunks:
+            write_all(fd, chunk)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_all(path: str) -> bytes:
     with open(path, "rb", buffering=0) as f:
         parts = []
@@ -253,15 +267,6 @@ def first_difference(a: bytes | bytearray, b: bytes | bytearray, unit: int = BLO
 # workloads: each returns {figure: value} and raises BenchError on a wrong result
 
 
-class Timer:
-    def __enter__(self) -> Timer:
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.start
-
-
 def rate(count: float, seconds: float) -> float:
     return count / max(seconds, 1e-9)
 
@@ -273,7 +278,7 @@ def wl_sequential(root: str, sizes: Sizes, cache: Cache, info: dict) -> dict[str
     pattern = Pattern(seed=1, chunk=chunk)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        with Timer() as tw:
+        with Stopwatch() as tw:
             for i in range(n):
                 write_all(fd, pattern.chunk(i))
             os.fsync(fd)
@@ -300,7 +305,7 @@ def wl_sequential(root: str, sizes: Sizes, cache: Cache, info: dict) -> dict[str
     info["seq_read_cold_method"] = method
     buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT wants
     try:
-        with Timer() as tr:
+        with Stopwatch() as tr:
             i = 0
             while True:
                 got = os.readv(fd, [buf])
@@ -344,7 +349,7 @@ def wl_random_fsync(root: str, sizes: Sizes, cache: Cache, info: dict) -> dict[s
             start = rng.randrange(0, len(pool) - BLOCK)
             data = struct.pack("<QQ", i, blk) + pool[start + 16: start + BLOCK]
             writes.append((blk * BLOCK, data))
-        with Timer() as t:
+        with Stopwatch() as t:
             for off, data in writes:
                 if os.pwrite(fd, data, off) != BLOCK:
                     raise BenchError(f"rand: short pwrite at offset {off}")
@@ -373,7 +378,7 @@ def wl_metadata(root: str, sizes: Sizes, cache: Cache, info: dict) -> dict[str, 
         with os.scandir(d) as it:
             return sorted(e.name for e in it)
 
-    with Timer() as t:
+    with Stopwatch() as t:
         for p in paths:
             os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     out["create"] = rate(n, t.seconds)
@@ -383,7 +388,7 @@ def wl_metadata(root: str, sizes: Sizes, cache: Cache, info: dict) -> dict[str, 
     order = list(range(n))
     random.Random(4).shuffle(order)
     cache.drop()
-    with Timer() as t:
+    with Stopwatch() as t:
         sts = [os.stat(paths[i]) for i in order]
     out["stat"] = rate(n, t.seconds)
     inos = set()
@@ -396,7 +401,7 @@ def wl_metadata(root: str, sizes: Sizes, cache: Cache, info: dict) -> dict[str, 
         raise BenchError(f"stat: {n} files share {len(inos)} inode numbers")
 
     total = 0
-    with Timer() as t:
+    with Stopwatch() as t:
         for _ in range(sizes.readdir_passes):
             with os.scandir(d) as it:
                 got = [e.name for e in it]
@@ -408,14 +413,14 @@ def wl_metadata(root: str, sizes: Sizes, cache: Cache, info: dict) -> dict[str, 
         raise BenchError("readdir: the names listed differ from the names created")
 
     new_paths = [os.path.join(d, f"renamed-{i:06d}") for i in range(n)]
-    with Timer() as t:
+    with Stopwatch() as t:
         for old, new in zip(paths, new_paths):
             os.rename(old, new)
     out["rename"] = rate(n, t.seconds)
     if listing() != sorted(os.path.basename(p) for p in new_paths):
         raise BenchError("rename: the directory does not list exactly the new names")
 
-    with Timer() as t:
+    with Stopwatch() as t:
         for p in new_paths:
             os.unlink(p)
     out["unlink"] = rate(n, t.seconds)
@@ -437,15 +442,11 @@ def wl_small_files(root: str, sizes: Sizes, cache: Cache, info: dict) -> dict[st
         start = rng.randrange(0, len(pool) - size)
         data = struct.pack("<Q", i) + pool[start + 8: start + size]
         files.append((os.path.join(d, f"s{i:05d}"), data))
-    with Timer() as tw:
+    with Stopwatch() as tw:
         for p, data in files:
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                write_all(fd, data)
-            finally:
-                os.close(fd)
+            write_new_file(p, [data])
     cache.drop()
-    with Timer() as tr:
+    with Stopwatch() as tr:
         got = [read_all(p) for p, _ in files]
     for (p, data), g in zip(files, got):
         if g != data:
@@ -534,7 +535,7 @@ def wl_tar(root: str, sizes: Sizes, cache: Cache, info: dict) -> dict[str, float
     with open(tar_path, "rb") as f:
         while f.read(8 * MIB):
             pass
-    with Timer() as t:
+    with Stopwatch() as t:
         if tar_bin:
             proc = subprocess.run([tar_bin, "-xf", tar_path, "-C", dest], capture_output=True, text=True)
             if proc.returncode != 0:
@@ -588,9 +589,7 @@ def run_all(target: str, sizes: Sizes, allow_drop: bool = True, only: list[str] 
         log(f"bench: {label} on {target} ...")
         try:
             got = fn(root, sizes, cache, info)
-        except BenchError as exc:
-            raise BenchError(f"{label}: {exc} (files left in {root})") from None
-        except OSError as exc:
+        except (BenchError, OSError) as exc:
             raise BenchError(f"{label}: {exc} (files left in {root})") from None
         for k, v in got.items():
             log(f"bench:   {k:<17} {v:12.1f} {UNITS[k]}")
@@ -635,17 +634,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 # compare: set up each filesystem, run the workloads in a child, tear down
 
 
-def run_quiet(cmd: list[str], what: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"{what}: `{' '.join(cmd)}` took over {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        msg = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        raise BenchError(f"{what}: `{' '.join(cmd)}` exited {proc.returncode}: {msg[-1] if msg else ''}")
-    return proc
-
-
 def ensure_fuse2fs() -> None:
     missing = [p for p, exe in (("fuse2fs", "fuse2fs"), ("e2fsprogs", "mkfs.ext4")) if not shutil.which(exe)]
     if not missing:
@@ -665,17 +653,6 @@ def pyfs_python() -> str:
     return venv if os.access(venv, os.X_OK) else sys.executable
 
 
-def wait_mounted(mnt: str, proc: subprocess.Popen | None, timeout: float, logfile: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if os.path.ismount(mnt):
-            return
-        if proc is not None and proc.poll() is not None:
-            raise BenchError(f"fuse2fs exited {proc.returncode} before mounting: {tail(logfile)}")
-        time.sleep(0.05)
-    raise BenchError(f"{mnt} not mounted after {timeout:.0f} s: {tail(logfile)}")
-
-
 def tail(path: str) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -685,94 +662,116 @@ def tail(path: str) -> str:
         return "(no log)"
 
 
-@contextlib.contextmanager
-def mounted(system: str, work: str, image_size: int) -> Iterator[tuple[str, dict]]:
-    """Yield (directory to benchmark, facts) for a fresh instance of `system` under `work`."""
-    facts: dict = {}
+def mounted(system: str, work: str, image_size: int) -> contextlib.AbstractContextManager[tuple[str, dict]]:
+    """(directory to benchmark, facts) for a fresh instance of `system` under `work`."""
     if system == "host":
-        d = os.path.join(work, "host")
-        os.mkdir(d)
-        yield d, facts
-        return
-    mnt = os.path.join(work, "mnt")
-    img = os.path.join(work, f"{system}.img")
-    logfile = os.path.join(work, f"{system}.log")
-    os.mkdir(mnt)
+        return host_dir(work)
     if system == "pyfs":
-        py = pyfs_python()
-        run_quiet([py, os.path.join(REPO, "mkfs.py"), img, "--size", str(image_size), "-q"], "pyfs mkfs", cwd=REPO)
-        # The daemon keeps the mount command's stderr open, so it goes to a file, not a pipe.
-        out = os.path.join(work, "pyfs-mount.out")
-        try:
-            with open(out, "wb") as f:
-                rc = subprocess.run([py, "-m", "pyfs", "mount", img, mnt, "--log", logfile],
-                                    stdin=subprocess.DEVNULL, stdout=f, stderr=f, cwd=REPO, timeout=120).returncode
-            if rc != 0:
-                raise BenchError(f"pyfs mount exited {rc}: {tail(out)}")
-            if not os.path.ismount(mnt):
-                raise BenchError(f"pyfs mount returned but {mnt} is not a mount point")
-        except BaseException as exc:
-            if os.path.ismount(mnt):
-                subprocess.run([py, "-m", "pyfs", "umount", mnt], cwd=REPO, capture_output=True, timeout=600)
-            if isinstance(exc, subprocess.TimeoutExpired):
-                raise BenchError(f"pyfs mount did not return within 120 s: {tail(logfile)}") from None
-            raise
-        try:
-            yield mnt, facts
-        finally:
-            t0 = time.monotonic()
-            try:
-                run_quiet([py, "-m", "pyfs", "umount", mnt], "pyfs umount", timeout=600, cwd=REPO)
-            except BenchError as exc:
-                log(f"bench: {exc}; trying fusermount3 -u")
-                subprocess.run(["fusermount3", "-u", mnt])
-                raise
-            facts["umount_seconds"] = round(time.monotonic() - t0, 2)
-        return
+        return pyfs_mount(work, image_size)
     if system == "fuse2fs":
-        with open(img, "wb") as f:
-            f.truncate(image_size)
-        run_quiet(["mkfs.ext4", "-F", "-q", img], "mkfs.ext4")
-        cmd = ["fuse2fs", img, mnt, "-f"]
-        if os.geteuid() != 0:
-            cmd += ["-o", "fakeroot"]
-        with open(logfile, "wb") as logf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
-        try:
-            wait_mounted(mnt, proc, 30, logfile)
-            yield mnt, facts
-        finally:
-            t0 = time.monotonic()
-            if os.path.ismount(mnt):
-                r = subprocess.run(["fusermount3", "-u", mnt], capture_output=True, text=True)
-                if r.returncode != 0:
-                    log(f"bench: fusermount3 -u {mnt}: {r.stderr.strip()}")
-            try:
-                proc.wait(timeout=600)
-            except subprocess.TimeoutExpired:
-                log(f"bench: fuse2fs (pid {proc.pid}) did not exit after unmount; killing it")
-                proc.kill()
-                proc.wait()
-                raise BenchError("fuse2fs did not exit after fusermount3 -u") from None
-            facts["umount_seconds"] = round(time.monotonic() - t0, 2)
-        return
+        return fuse2fs_mount(work, image_size)
     raise ValueError(system)
+
+
+@contextlib.contextmanager
+def host_dir(work: str) -> Iterator[tuple[str, dict]]:
+    d = os.path.join(work, "host")
+    os.mkdir(d)
+    yield d, {}
+
+
+@contextlib.contextmanager
+def pyfs_mount(work: str, image_size: int) -> Iterator[tuple[str, dict]]:
+    """A fresh image made by mkfs.py, mounted by `python -m pyfs mount` (which returns once mounted)."""
+    mnt, img, logfile = os.path.join(work, "mnt"), os.path.join(work, "pyfs.img"), os.path.join(work, "pyfs.log")
+    os.mkdir(mnt)
+    py = pyfs_python()
+    mkfs(img, image_size, python=py)
+    # The daemon keeps the mount command's stderr open, so it goes to a file, not a pipe.
+    out = os.path.join(work, "pyfs-mount.out")
+    try:
+        with open(out, "wb") as f:
+            rc = subprocess.run([py, "-m", "pyfs", "mount", img, mnt, "--log", logfile],
+                                stdin=subprocess.DEVNULL, stdout=f, stderr=f, cwd=REPO, timeout=120).returncode
+        if rc != 0:
+            raise BenchError(f"pyfs mount exited {rc}: {tail(out)}")
+        if not is_mountpoint(mnt):
+            raise BenchError(f"pyfs mount returned but {mnt} is not a mount point")
+    except BaseException as exc:
+        if is_mountpoint(mnt):
+            subprocess.run([py, "-m", "pyfs", "umount", mnt], cwd=REPO, capture_output=True, timeout=600)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise BenchError(f"pyfs mount did not return within 120 s: {tail(logfile)}") from None
+        raise
+    facts: dict = {}
+    try:
+        yield mnt, facts
+    finally:
+        t0 = time.monotonic()
+        try:
+            run_quiet([py, "-m", "pyfs", "umount", mnt], "pyfs umount", timeout=600, cwd=REPO)
+        except ToolError as exc:
+            log(f"bench: {exc}; trying fusermount3 -u")
+            unmount_fuse(mnt)
+            raise
+        facts["umount_seconds"] = round(time.monotonic() - t0, 2)
+
+
+@contextlib.contextmanager
+def fuse2fs_mount(work: str, image_size: int) -> Iterator[tuple[str, dict]]:
+    """A fresh sparse image made by `mkfs.ext4 -F -q`, served by `fuse2fs IMG MNT -f` in the background."""
+    mnt, img, logfile = os.path.join(work, "mnt"), os.path.join(work, "fuse2fs.img"), os.path.join(work, "fuse2fs.log")
+    os.mkdir(mnt)
+    sparse_file(img, image_size)
+    run_quiet(["mkfs.ext4", "-F", "-q", img], "mkfs.ext4")
+    cmd = ["fuse2fs", img, mnt, "-f"]
+    if os.geteuid() != 0:
+        cmd += ["-o", "fakeroot"]
+    with open(logfile, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+    facts: dict = {}
+    try:
+        wait_mounted(mnt, proc, 30, what="fuse2fs", detail=lambda: f": {tail(logfile)}")
+        yield mnt, facts
+    finally:
+        t0 = time.monotonic()
+        if is_mountpoint(mnt):
+            unmount_fuse(mnt)
+        try:
+            proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            log(f"bench: fuse2fs (pid {proc.pid}) did not exit after unmount; killing it")
+            proc.kill()
+            proc.wait()
+            raise BenchError("fuse2fs did not exit after fusermount3 -u") from None
+        facts["umount_seconds"] = round(time.monotonic() - t0, 2)
+
+
+def unmount_fuse(mnt: str) -> None:
+    """`fusermount3 -u MNT`, saying so if it fails."""
+    r = fusermount(mnt, timeout=None)
+    if r.returncode != 0:
+        log(f"bench: fusermount3 -u {mnt}: {r.stderr.strip()}")
 
 
 def bench_child(target: str, args: argparse.Namespace, timeout: float) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "run", target, "--json", "--scale", str(args.scale)]
     if args.quick:
         cmd.append("--quick")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)  # progress goes to our stderr
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise BenchError(f"the workloads on {target} took over {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        raise BenchError(f"the workloads on {target} failed (exit {proc.returncode}; reason above)")
-    return json.loads(out)
+    child = run_child(cmd, timeout=timeout, pass_stderr=True)  # progress goes to our stderr
+    if child.timed_out:
+        raise BenchError(f"the workloads on {target} took over {timeout:.0f} s")
+    if child.returncode != 0:
+        raise BenchError(f"the workloads on {target} failed (exit {child.returncode}; reason above)")
+    return json.loads(child.stdout)
+
+
+def still_mounted(work: str) -> bool:
+    """A mount under `work` that could not be undone: the directory is left as it is."""
+    if is_mountpoint(os.path.join(work, "mnt")):
+        log(f"bench: {work}/mnt is still mounted; leaving {work}")
+        return True
+    return False
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -796,24 +795,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
         order = list(systems) if (r % 2 == 0 or args.keep_order) else list(reversed(systems))
         for system in order:
             log(f"bench: round {r + 1}/{args.rounds}: {system}")
-            work = tempfile.mkdtemp(prefix=f"pyfs-cmp-{system}-", dir=parent)
             record = {"round": r + 1, "system": system}
             try:
-                with mounted(system, work, args.image_size) as (target, facts):
+                with scratch_dir(f"pyfs-cmp-{system}-", parent, keep=still_mounted) as work, \
+                        mounted(system, work, args.image_size) as (target, facts):
                     result = bench_child(target, args, args.timeout)
                 record.update(result=result, facts=facts)
                 for k in FIGURE_NAMES:
                     samples[system][k].append(result["figures"][k]["value"])
-            except BenchError as exc:
+            except ToolError as exc:
                 log(f"bench: FAILED round {r + 1} {system}: {exc}")
                 errors.append(f"round {r + 1} {system}: {exc}")
                 record["error"] = str(exc)
             finally:
                 runs.append(record)
-                if not os.path.ismount(os.path.join(work, "mnt")):
-                    shutil.rmtree(work, ignore_errors=True)
-                else:
-                    log(f"bench: {work}/mnt is still mounted; leaving {work}")
 
     medians = {s: {k: (statistics.median(v) if v else None) for k, v in samples[s].items()} for s in systems}
     ratios: dict[str, dict[str, float | None]] = {}
@@ -845,8 +840,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def host_facts() -> dict:
+    return {"kernel": platform.release(), "python": platform.python_version(), "cpus": os.cpu_count()}
+
+
 def environment(runs: list[dict]) -> dict:
-    env = {"kernel": platform.release(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    env = host_facts()
     methods = {r["result"]["info"].get("cache_drop") for r in runs if "result" in r}
     env["cold_reads"] = ",".join(sorted(m for m in methods if m)) or "?"
     try:
@@ -875,11 +874,6 @@ def format_table(systems, medians, ratios, args, env, sizes: Sizes) -> str:
             flag = " <" if key == "pyfs/fuse2fs" and v is not None and v < 0.5 else ""
             row.append("-" if v is None else f"{v:.2f}{flag}")
         rows.append(row)
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
     out = [
         f"median of {args.rounds} round(s); every figure is higher-is-better, so a ratio below 1.00 means "
         f"pyfs is slower ('<' marks pyfs/fuse2fs below 0.50)",
@@ -888,9 +882,7 @@ def format_table(systems, medians, ratios, args, env, sizes: Sizes) -> str:
         f"{sizes.small_files} small files, {sizes.tarball} stdlib tarball",
         "environment: " + ", ".join(f"{k} {v}" for k, v in env.items()),
         "",
-        line(cols),
-        line(["-" * w for w in widths]),
-        *(line(r) for r in rows),
+        *table_lines([cols, *rows], right=range(2, len(cols)), rule=True),
     ]
     return "\n".join(out)
 
@@ -1022,37 +1014,21 @@ def insert_pieces(pieces: Pieces, offset: int, length: int) -> Pieces:
 
 def longop_measure(root: str, file_bytes: int, cache: Cache) -> dict:
     """The body of `longop` on a mounted pyfs at `root`; returns the report."""
-    sys.path.insert(0, REPO)
     from pyfs.client import commands as client  # noqa: PLC0415 - only this subcommand needs it
 
     chunk = 1 * MIB
     nchunks = file_bytes // chunk
     big = os.path.join(root, "big.bin")
     pattern = Pattern(seed=11, chunk=chunk)
-    t0 = time.perf_counter()
-    fd = os.open(big, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        for i in range(nchunks):
-            write_all(fd, pattern.chunk(i))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    write_seconds = time.perf_counter() - t0
+    with Stopwatch() as written:
+        write_new_file(big, (pattern.chunk(i) for i in range(nchunks)), fsync=True)
     os.mkdir(os.path.join(root, "small"))
     for i in range(LONGOP_PROBE_FILES):
-        fd = os.open(os.path.join(root, "small", f"s{i:05d}"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            write_all(fd, bytes(100))
-        finally:
-            os.close(fd)
-    fd = os.open(os.path.join(root, "probe.bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        block_tail = random.Random(12).randbytes(BLOCK - 8)
-        for b0 in range(0, LONGOP_PROBE_BYTES // BLOCK, 256):
-            write_all(fd, b"".join(struct.pack("<Q", b) + block_tail for b in range(b0, b0 + 256)))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_new_file(os.path.join(root, "small", f"s{i:05d}"), [bytes(100)])
+    block_tail = random.Random(12).randbytes(BLOCK - 8)
+    write_new_file(os.path.join(root, "probe.bin"),
+                   (b"".join(struct.pack("<Q", b) + block_tail for b in range(b0, b0 + 256))
+                    for b0 in range(0, LONGOP_PROBE_BYTES // BLOCK, 256)), fsync=True)
     client.flush(root)
 
     def phase(seed: int, background: threading.Thread | None) -> Probes:
@@ -1137,7 +1113,7 @@ def longop_measure(root: str, file_bytes: int, cache: Cache) -> dict:
 
     return {
         "file_bytes": file_bytes,
-        "write_mib_per_s": round(rate(file_bytes / MIB, write_seconds), 1),
+        "write_mib_per_s": round(rate(file_bytes / MIB, written.seconds), 1),
         "interval_ms": LONGOP_INTERVAL * 1e3,
         "cold": cache.cold,
         "idle": idle.summary(),
@@ -1152,16 +1128,11 @@ def cmd_longop(args: argparse.Namespace) -> int:
     file_bytes = 64 * MIB if args.quick else max(16, round(GIB * args.scale / MIB)) * MIB
     image_size = max(3 * GIB, 2 * file_bytes + GIB)
     cache = Cache(not args.no_drop_caches)
-    work = tempfile.mkdtemp(prefix="pyfs-longop-", dir=args.workdir or tempfile.gettempdir())
-    try:
-        with mounted("pyfs", work, image_size) as (mnt, facts):
-            log(f"bench: longop: {file_bytes // MIB} MiB file on {mnt} ...")
-            report = longop_measure(mnt, file_bytes, cache)
-    finally:
-        if not os.path.ismount(os.path.join(work, "mnt")):
-            shutil.rmtree(work, ignore_errors=True)
-    report["environment"] = {"kernel": platform.release(), "python": platform.python_version(),
-                             "cpus": os.cpu_count()}
+    with scratch_dir("pyfs-longop-", args.workdir, keep=still_mounted) as work, \
+            pyfs_mount(work, image_size) as (mnt, _):
+        log(f"bench: longop: {file_bytes // MIB} MiB file on {mnt} ...")
+        report = longop_measure(mnt, file_bytes, cache)
+    report["environment"] = host_facts()
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -1247,7 +1218,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "longop":
             return cmd_longop(args)
         return cmd_compare(args)
-    except (BenchError, OSError) as exc:
+    except (ToolError, OSError) as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -32,30 +32,19 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyfs.engine.engine import Engine, EngineOptions  # noqa: E402
+from pyfs.engine.journal_scan import scan_journal  # noqa: E402
 from pyfs.format.checksum import seed_from_uuid  # noqa: E402
 from pyfs.format.keys import encode_key  # noqa: E402
 from pyfs.format.records import Tree  # noqa: E402
-from pyfs.engine.journal_scan import scan_journal  # noqa: E402
-from tools.benchlib import (  # noqa: E402
-    GIB,
-    MIB,
-    default_workdir_parent,
-    disk_mib,
-    make_image,
-    open_image,
-    peak_rss_mib,
-    Stopwatch,
-    run_child,
-    value_of,
+from tools.common import (  # noqa: E402
+    GIB, MIB, Stopwatch, ToolError, add_engine_options, check, child_main, default_workdir_parent,
+    insert_keys, make_image, measure_in_child, open_image, peak_rss_mib, scratch_dir, table_lines, value_of,
 )
 
 FIGURES = ("tx_nosync", "tx_flush", "bulk_batch", "bulk_single", "replay", "open_clean")
@@ -80,15 +69,6 @@ class Plan:
         if args.quick:
             return cls(keys, args.image_size, 2000, 100, max(1, keys // 5), 4 * MIB)
         return cls(keys, args.image_size, 20_000, 2000, max(1, keys // 5), None)
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(ok: bool, what: str) -> None:
-    if not ok:
-        raise CheckFailed(what)
 
 
 def image_path(workdir: str, figure: str) -> str:
@@ -119,11 +99,14 @@ def check_sample(engine: Engine, n: int, count: int = 2000) -> None:
         check(tree.get(encode_key((i,))) == value_of(i), f"key ({i},) is missing or wrong")
 
 
-def insert_keys(engine: Engine, n: int, per_tx: int) -> None:
-    for start in range(0, n, per_tx):
-        with engine.transaction() as t:
-            for i in range(start, min(n, start + per_tx)):
-                t.put(Tree.INODES, (i,), value_of(i))
+def reopen_and_scan(path: str, n: int) -> float:
+    """Reopen after a clean close: nothing replayed, every key back; the seconds of the scan."""
+    engine = open_image(path)
+    check(engine.replayed_entries == 0, f"reopen after a clean close replayed {engine.replayed_entries} entries")
+    with Stopwatch() as scan:
+        check_all_keys(engine, n)
+    engine.close()
+    return scan.seconds
 
 
 def crash(engine: Engine) -> None:
@@ -145,12 +128,8 @@ def fig_tx_nosync(plan: Plan, workdir: str) -> dict:
         insert_keys(engine, n, 1)
     rss = peak_rss_mib()
     engine.close()
-    engine = open_image(path)
-    check(engine.replayed_entries == 0, f"reopen after a clean close replayed {engine.replayed_entries} entries")
-    check_all_keys(engine, n)
-    engine.close()
-    return {"transactions": n, "seconds": timed.seconds, "cpu_seconds": timed.cpu_seconds,
-            "tx_per_s": n / timed.seconds, "peak_rss_mib": rss}
+    reopen_and_scan(path, n)
+    return {"transactions": n, **timed.rates(n, "tx"), "peak_rss_mib": rss}
 
 
 def fig_tx_flush(plan: Plan, workdir: str) -> dict:
@@ -158,10 +137,7 @@ def fig_tx_flush(plan: Plan, workdir: str) -> dict:
     engine = make_image(path, plan.image_size)
     n = plan.flush_tx
     with Stopwatch() as timed:
-        for i in range(n):
-            with engine.transaction() as t:
-                t.put(Tree.INODES, (i,), value_of(i))
-            engine.flush()
+        insert_keys(engine, n, 1, after_tx=lambda tx: engine.flush())
     rss = peak_rss_mib()
     check(engine.journal.durable_seq == engine.journal.last_committed_seq, "flush left entries non-durable")
     crash(engine)
@@ -169,8 +145,7 @@ def fig_tx_flush(plan: Plan, workdir: str) -> dict:
     check(engine.replayed_entries >= n, f"crash reopen replayed {engine.replayed_entries} entries, expected {n}+")
     check_all_keys(engine, n)
     engine.close()
-    return {"transactions": n, "seconds": timed.seconds, "cpu_seconds": timed.cpu_seconds,
-            "tx_per_s": n / timed.seconds, "peak_rss_mib": rss}
+    return {"transactions": n, **timed.rates(n, "tx"), "peak_rss_mib": rss}
 
 
 def _bulk(plan: Plan, workdir: str, figure: str, n: int, per_tx: int) -> dict:
@@ -181,27 +156,19 @@ def _bulk(plan: Plan, workdir: str, figure: str, n: int, per_tx: int) -> dict:
     with Stopwatch() as timed:
         insert_keys(engine, n, per_tx)
     checkpoints = engine.checkpoints - checkpoints
-    close_start = time.perf_counter()
-    engine.close()
-    close_seconds = time.perf_counter() - close_start
+    with Stopwatch() as close:
+        engine.close()
     rss = peak_rss_mib()
-    engine = open_image(path)
-    check(engine.replayed_entries == 0, f"reopen after a clean close replayed {engine.replayed_entries} entries")
-    verify_start = time.perf_counter()
-    check_all_keys(engine, n)
-    verify_seconds = time.perf_counter() - verify_start
-    engine.close()
+    verify_seconds = reopen_and_scan(path, n)
     return {
         "keys": n,
         "keys_per_tx": per_tx,
-        "seconds": timed.seconds,
-        "cpu_seconds": timed.cpu_seconds,
-        "keys_per_s": n / timed.seconds,
-        "close_seconds": close_seconds,
+        **timed.rates(n, "keys"),
+        "close_seconds": close.seconds,
         "checkpoints": checkpoints,
         "peak_rss_mib": rss,
         "base_rss_mib": base_rss,
-        "image_disk_mib": disk_mib(path),
+        "image_disk_mib": os.stat(path).st_blocks * 512 / MIB,  # what the sparse image takes
         "scan_keys_per_s": n / verify_seconds,
     }
 
@@ -232,7 +199,7 @@ def fig_replay(plan: Plan, workdir: str) -> dict:
     entry_bytes = 0
     while journal.fill + 2 * entry_bytes / journal.region_size < target:
         used = journal.used
-        insert_keys_from(engine, n, BATCH)
+        insert_keys(engine, n + BATCH, BATCH, start=n)
         n += BATCH
         entry_bytes = max(entry_bytes, journal.used - used)
         check(engine.checkpoints == checkpoints, f"a checkpoint happened at journal fill {journal.fill:.3f}")
@@ -250,9 +217,8 @@ def fig_replay(plan: Plan, workdir: str) -> dict:
     with Stopwatch() as ro_timed:
         ro = open_image(path, EngineOptions(read_only=True), read_only=True)
     check(ro.replayed_entries == entries, f"read-only open replayed {ro.replayed_entries} entries, expected {entries}")
-    start = time.perf_counter()
-    scan_journal(ro.device, ro.sb, seed_from_uuid(ro.sb.uuid))
-    scan_seconds = time.perf_counter() - start
+    with Stopwatch() as scan:
+        scan_journal(ro.device, ro.sb, seed_from_uuid(ro.sb.uuid))
     ro.device.close()
     del ro
 
@@ -271,17 +237,11 @@ def fig_replay(plan: Plan, workdir: str) -> dict:
         "cpu_seconds": timed.cpu_seconds,
         "replay_only_seconds": ro_timed.seconds,
         "replay_only_cpu_seconds": ro_timed.cpu_seconds,
-        "scan_seconds": scan_seconds,
+        "scan_seconds": scan.seconds,
         "entries_per_s": entries / timed.seconds,
         "peak_rss_mib": rss,
         "rss_before_open_mib": rss_before_open,
     }
-
-
-def insert_keys_from(engine: Engine, first: int, count: int) -> None:
-    with engine.transaction() as t:
-        for i in range(first, first + count):
-            t.put(Tree.INODES, (i,), value_of(i))
 
 
 def fig_open_clean(plan: Plan, workdir: str) -> dict:
@@ -338,20 +298,15 @@ def print_table(plan: Plan, results: dict[str, dict], workdir: str) -> None:
     print(f"pyfs engine benchmark: {plan.image_size / GIB:g} GiB sparse image in {workdir}")
     rows = [("figure", "workload", "result", "peak RSS")]
     for name, r in results.items():
-        workload, result = describe(name, r)
-        rows.append((name, workload, result, f"{r['peak_rss_mib']:.1f} MiB"))
-    widths = [max(len(row[c]) for row in rows) for c in range(4)]
-    for row in rows:
-        print("  ".join(cell.ljust(widths[c]) for c, cell in enumerate(row)).rstrip())
+        rows.append((name, *describe(name, r), f"{r['peak_rss_mib']:.1f} MiB"))
+    print("\n".join(table_lines(rows)))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, help="keys of the bulk figures (default 1,000,000; 50,000 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few keys, small N, small replay journal")
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
-    parser.add_argument("--dir", help="where to put the images (default: a temp dir on the same disk)")
-    parser.add_argument("--image-size", type=int, default=4 * GIB, help="bytes of each sparse image (default 4 GiB)")
+    add_engine_options(parser, json_what="the figures", image_what="each sparse image")
     parser.add_argument("--figure", choices=FIGURES, action="append",
                         help="run only this figure (repeatable); open_clean needs bulk_batch")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -362,36 +317,27 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:  # one figure, in this fresh process, into an existing --dir
         (name,) = args.figure
-        try:
-            result = RUNNERS[name](plan, args.dir)
-        except CheckFailed as exc:
-            print(f"bench_engine: {name}: check failed: {exc}", file=sys.stderr)
-            return 1
-        print(json.dumps(result))
-        return 0
+        return child_main(f"bench_engine: {name}: check failed", lambda: RUNNERS[name](plan, args.dir))
 
     figures = [f for f in FIGURES if not args.figure or f in args.figure]
     if "open_clean" in figures and "bulk_batch" not in figures:
         parser.error("open_clean needs the bulk_batch figure in the same run")
     parent = args.dir or default_workdir_parent()
-    try:
-        workdir = tempfile.mkdtemp(prefix="pyfs-bench-", dir=parent)
-    except OSError as exc:
-        print(f"bench_engine: cannot create a work directory in {parent}: {exc.strerror}", file=sys.stderr)
-        return 1
     results: dict[str, dict] = {}
     failed = 0
     try:
-        for name in figures:
-            child_args = ["--child", "--figure", name, "--dir", workdir, "--image-size", str(plan.image_size),
-                          "--keys", str(plan.keys)] + (["--quick"] if args.quick else [])
-            try:
-                results[name] = run_child(os.path.abspath(__file__), child_args)
-            except RuntimeError as exc:
-                print(f"bench_engine: {name} failed: {exc}", file=sys.stderr)
-                failed += 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        with scratch_dir("pyfs-bench-", parent) as workdir:
+            for name in figures:
+                child_args = ["--child", "--figure", name, "--dir", workdir, "--image-size", str(plan.image_size),
+                              "--keys", str(plan.keys)] + (["--quick"] if args.quick else [])
+                try:
+                    results[name] = measure_in_child(os.path.abspath(__file__), child_args)
+                except ToolError as exc:
+                    print(f"bench_engine: {name} failed: {exc}", file=sys.stderr)
+                    failed += 1
+    except ToolError as exc:  # no work directory
+        print(f"bench_engine: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps({"plan": asdict(plan), "figures": results}, indent=2))
     else:

@@ -21,7 +21,7 @@ SIGKILL; the dead mount is cleaned up (`fusermount3 -uz`), and then:
    generation, offset), and a stamp of another file is reported as such.
 
 The workload then continues from the recovered state.  With --power-cut the
-daemon also records every write and flush (pyfs/recorder.py); after each
+daemon also records every write and flush (pyfs/engine/recorder.py); after each
 round crash images are rebuilt from that log (tools/crashloop_power.py) and
 checks 1-4 run on each, in process.  Some rounds (--mount-kill) kill the
 daemon while it mounts, so a crash during replay is covered too.
@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -63,9 +62,10 @@ sys.path.insert(0, REPO)
 
 from crashloop_model import (  # noqa: E402
     CHUNK, UNIT, Entry, Model, ModelError, Op, TreeState, chunk_digest, content_digest, describe_unit,
-    diff_states, file_kind, foreign_stamps, mtime_key, xattrs_digest,
+    diff_states, entry_of, file_kind, foreign_stamps,
 )
 from crashloop_workload import OpLog, RoundLog, Workload  # noqa: E402
+from tools.common import ToolError, fsck_device, fusermount, is_mountpoint, mkfs, wait_mounted  # noqa: E402
 
 log = logging.getLogger("crashloop")
 
@@ -150,13 +150,6 @@ class Abort(Exception):
 # -- mounts ---------------------------------------------------------------------------------------
 
 
-def is_mountpoint(path: str) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        return any(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), line.split()[4]) == target
-                   for line in f)
-
-
 class Daemon:
     """One `pyfs mount --foreground` child process; only this PID is ever signalled."""
 
@@ -171,14 +164,8 @@ class Daemon:
                                      stderr=self.output)
 
     def wait_mounted(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not is_mountpoint(self.mnt):
-            if self.proc.poll() is not None:
-                raise OSError(f"pyfs mount exited with {self.proc.returncode} before mounting "
-                              f"(see daemon.out / daemon.log)")
-            if time.monotonic() > deadline:
-                raise OSError(f"pyfs mount did not mount within {timeout:.0f} s")
-            time.sleep(0.005)
+        wait_mounted(self.mnt, self.proc, timeout, what="pyfs mount", detail=lambda: " (see daemon.out / daemon.log)",
+                     interval=0.005)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -188,7 +175,7 @@ class Daemon:
 
     def unmount_cleanly(self) -> int:
         """`fusermount3 -u`; the daemon's exit code (after its final checkpoint)."""
-        result = subprocess.run(["fusermount3", "-u", self.mnt], timeout=60, capture_output=True, text=True)
+        result = fusermount(self.mnt)
         if result.returncode != 0:
             raise OSError(f"fusermount3 -u failed: {result.stderr.strip()}")
         code = self.proc.wait(300)
@@ -198,7 +185,7 @@ class Daemon:
 
 def lazy_unmount(mnt: str) -> None:
     if is_mountpoint(mnt):
-        subprocess.run(["fusermount3", "-u", "-z", mnt], timeout=60, capture_output=True)
+        fusermount(mnt, lazy=True)
 
 
 def run_fsck(image: str) -> tuple[int, str]:
@@ -251,11 +238,10 @@ def _mounted_entry(full: str) -> Entry:
                 digests.append(chunk_digest(chunk))
                 size += len(chunk)
         # st_size, not the bytes read: a size that disagrees with the data shows as both differing.
-        return Entry("file", st.st_mode & 0o7777, mtime_key(st.st_mtime_ns), st.st_size,
-                     content_digest(size, digests), "", xattrs_digest(xattrs), st.st_ino)
-    target = os.readlink(full) if kind == "symlink" else ""
-    return Entry(kind, st.st_mode & 0o7777, mtime_key(st.st_mtime_ns), 0, b"", target, xattrs_digest(xattrs),
-                 st.st_ino)
+        return entry_of(st.st_mode, st.st_mtime_ns, st.st_ino, xattrs, size=st.st_size,
+                        content=content_digest(size, digests))
+    return entry_of(st.st_mode, st.st_mtime_ns, st.st_ino, xattrs,
+                    target=os.readlink(full) if kind == "symlink" else "")
 
 
 # -- expectations and the checks ----------------------------------------------------------------------
@@ -313,9 +299,7 @@ class Expectation:
         elif prefix == len(self.rlog.applied):
             m = self.final.copy()
         else:
-            m = self.rlog.start.copy()
-            for op in self.rlog.applied[:prefix]:
-                m.apply(op)
+            m = self.rlog.model_after(prefix)
         m.prune()
         return m
 
@@ -366,9 +350,7 @@ def _torn_write(state: TreeState, expect: Expectation, log_pos: int | None, read
     """
     lo, hi, inflight = expect.bounds(log_pos)
     rlog = expect.rlog
-    before = rlog.start.copy()
-    for op in rlog.applied[:lo]:
-        before.apply(op)
+    before = rlog.model_after(lo)
     tries = [(j, rlog.applied[j], False) for j in range(lo, hi)]
     if inflight and rlog.inflight is not None:
         tries.append((hi, rlog.inflight, True))
@@ -430,9 +412,7 @@ def _explain(state: TreeState, expect: Expectation, log_pos: int | None, read_co
     """No candidate matches: name the first divergence from the closest one, and check 2 and 4 findings."""
     lo, hi, inflight = expect.bounds(log_pos)
     rlog = expect.rlog
-    m = rlog.start.copy()
-    for op in rlog.applied[:lo]:
-        m.apply(op)
+    m = rlog.model_after(lo)
     durable = m.state()
     # Paths whose file and content stay the same in every allowed state: what fsync promised (check 2).
     steady = {p: e for p, e in durable.entries.items()}
@@ -557,11 +537,10 @@ class CrashLoop:
         start = time.monotonic()
         self.oplog.event("run", config=asdict(cfg), workdir=self.workdir)
         try:
-            self._mkfs()
+            mkfs(self.image, cfg.image_size, journal_size=cfg.journal_size)
             model = Model(self.umask)
             rlog0 = RoundLog(0, model.copy())
-            rlog0.digests.append(model.state().digest())
-            rlog0.file_bytes.append(0)
+            rlog0.begin()
             expect = Expectation(rlog0, model)
             workload = Workload(model, random.Random(f"crashloop-workload-{cfg.seed}"), self.mnt, self.oplog,
                                 long_ops=self.long_ops, max_bytes=cfg.max_bytes, next_index=1, next_fid=2)
@@ -593,12 +572,6 @@ class CrashLoop:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.summary
 
-    def _mkfs(self) -> None:
-        argv = [sys.executable, os.path.join(REPO, "mkfs.py"), self.image, "--size", self.cfg.image_size, "-q"]
-        if self.cfg.journal_size:
-            argv += ["--journal-size", self.cfg.journal_size]
-        subprocess.run(argv, check=True, cwd=REPO)
-
     def _cleanup(self) -> None:
         if self.daemon is not None and self.daemon.proc.poll() is None:
             self.daemon.kill()
@@ -626,11 +599,7 @@ class CrashLoop:
         if is_mountpoint(self.mnt):
             self.violation(Violation("harness", number, "after SIGKILL", "fusermount3 -u -z left the mount"))
             raise Abort()
-        code, out = run_fsck(self.image)
-        self.oplog.event("fsck", round=number, code=code)
-        if code != 0:
-            self.violation(Violation("fsck", number, "image after SIGKILL", f"fsck -n exited {code}",
-                                     out.strip().splitlines()[-20:]))
+        self._fsck(number, "image after SIGKILL", log_code=True)
         if record is not None:
             self._power_cut(number, record, expect, positions)
         if self.cfg.sabotage and positions:
@@ -655,7 +624,7 @@ class CrashLoop:
         targets = []
         for path, node in durable.walk():
             now = final.lookup(path)
-            if node.kind == "file" and len(node.data or b"") >= UNIT and now is not None and now.fid == node.fid \
+            if node.kind == "file" and node.size >= UNIT and now is not None and now.fid == node.fid \
                     and now.data == node.data and (expect.rlog.inflight is None
                                                    or path not in json.dumps(expect.rlog.inflight.args)):
                 targets.append((path, node))
@@ -674,7 +643,7 @@ class CrashLoop:
                 fs.unlink(parent, name.encode())
             else:
                 fh = fs.open(ino, os.O_RDWR)
-                fs.write(fh, 0, pattern(node.fid + 1, 1, 0, min(4096, len(node.data or b""))))
+                fs.write(fh, 0, pattern(node.fid + 1, 1, 0, min(4096, node.size)))
                 fs.release(fh)
         finally:
             fs.close()
@@ -695,11 +664,7 @@ class CrashLoop:
             return expect  # nothing was verified: the same states are still allowed
         t0 = time.monotonic()
         images_before, image_time_before = self.summary.crash_images, self.summary.image_seconds
-        try:
-            self.daemon.wait_mounted()
-        except OSError as exc:
-            self.violation(Violation("mount", number, "remount", str(exc), self._daemon_tail()))
-            raise Abort() from None
+        self._wait_mounted(number, "remount")
         model = self._verify_mounted(number, expect)
         self.summary.mount_seconds += time.monotonic() - t0
         rlog = RoundLog(number, model.copy())
@@ -781,13 +746,9 @@ class CrashLoop:
         """Mount once more, verify, unmount cleanly, fsck -n."""
         number = self.summary.rounds + 1
         self._start(number)
-        assert self.daemon is not None
-        try:
-            self.daemon.wait_mounted()
-        except OSError as exc:
-            self.violation(Violation("mount", number, "final mount", str(exc), self._daemon_tail()))
-            raise Abort() from None
+        self._wait_mounted(number, "final mount")
         self._verify_mounted(number, expect)
+        assert self.daemon is not None
         try:
             code = self.daemon.unmount_cleanly()
         except OSError as exc:
@@ -796,10 +757,25 @@ class CrashLoop:
         if code != 0:
             self.violation(Violation("mount", number, "final unmount", f"the daemon exited {code}",
                                      self._daemon_tail()))
+        self._fsck(number, "image after a clean unmount")
+
+    def _fsck(self, number: int, where: str, log_code: bool = False) -> None:
+        """Check 1: `fsck -n` of the unmounted image exits 0 (`log_code`: its exit code goes to the ops log)."""
         code, out = run_fsck(self.image)
+        if log_code:
+            self.oplog.event("fsck", round=number, code=code)
         if code != 0:
-            self.violation(Violation("fsck", number, "image after a clean unmount", f"fsck -n exited {code}",
+            self.violation(Violation("fsck", number, where, f"fsck -n exited {code}",
                                      out.strip().splitlines()[-20:]))
+
+    def _wait_mounted(self, number: int, where: str) -> None:
+        """The daemon mounted, or a "mount" violation ends the run."""
+        assert self.daemon is not None
+        try:
+            self.daemon.wait_mounted()
+        except ToolError as exc:
+            self.violation(Violation("mount", number, where, str(exc), self._daemon_tail()))
+            raise Abort() from None
 
     # -- power cuts ----------------------------------------------------------------------------------------
 
@@ -807,9 +783,8 @@ class CrashLoop:
         """Checks 1-4 on crash images rebuilt from this round's recording log."""
         from crashloop_power import CrashPlanner, OverlayDevice, read_tree, replay_all, unfaithful_pages
 
-        from pyfs.fs import FileSystem
-        from pyfs.fsck import Options, Report, fsck
         from pyfs.engine.recorder import FILE_HEADER, read_log
+        from pyfs.fs import FileSystem
 
         t0 = time.monotonic()
         base_path = os.path.join(self.workdir, "pre-mount.img")
@@ -829,13 +804,11 @@ class CrashLoop:
             for img in planner.images(self.image_rng, self.cfg.images):
                 self.summary.crash_images += 1
                 where = f"crash image {img.describe()}"
-                out = io.StringIO()
-                result = fsck(OverlayDevice(img.image, read_only=True), Options(mode="check"),
-                              Report(out, out, progress=False))
+                result, out = fsck_device(OverlayDevice(img.image, read_only=True))
                 if result.exit_code != 0:
                     self._keep_image(number, img)
                     self.violation(Violation("fsck", number, where, f"fsck -n exited {result.exit_code}",
-                                             out.getvalue().strip().splitlines()[-20:]))
+                                             out.strip().splitlines()[-20:]))
                     continue
                 try:
                     fs = FileSystem.mount(OverlayDevice(img.image))

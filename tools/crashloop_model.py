@@ -121,11 +121,6 @@ def content_digest(size: int, chunk_digests: Iterable[bytes]) -> bytes:
     return h.digest()
 
 
-def digest_of_bytes(data: bytes | bytearray) -> bytes:
-    view = memoryview(data)
-    return content_digest(len(data), (chunk_digest(view[i : i + CHUNK]) for i in range(0, len(data), CHUNK)))
-
-
 def xattrs_digest(xattrs: dict[str, bytes]) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(xattrs):
@@ -165,6 +160,16 @@ class Entry:
 def mtime_key(mtime_ns: int) -> int:
     """A visible mtime as the model knows it: the set value, or 0 for "recent"."""
     return mtime_ns if mtime_ns < MTIME_KNOWN_BEFORE else 0
+
+
+def entry_of(mode: int, mtime_ns: int, ino: int, xattrs: dict[str, bytes], *, size: int = 0,
+             content: bytes = b"", target: str = "") -> Entry:
+    """The Entry of a path read back from a tree (through the mount or the core API):
+    `size` and `content` (digest) count for files only, `target` for symlinks."""
+    kind = file_kind(mode)
+    if kind != "file":
+        size, content = 0, b""
+    return Entry(kind, mode & 0o7777, mtime_key(mtime_ns), size, content, target, xattrs_digest(xattrs), ino)
 
 
 @dataclass
@@ -253,6 +258,11 @@ class Node:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     entries: dict[str, int] | None = None
     chunks: list[bytes | None] = field(default_factory=list)  # digest cache of data
+
+    @property
+    def size(self) -> int:
+        """Bytes of file data (0 for anything else)."""
+        return len(self.data or b"")
 
     def invalidate(self, start: int, end: int | None = None) -> None:
         """Forget cached chunk digests covering [start, end) (to the end if None)."""
@@ -520,13 +530,8 @@ class Model:
         self._touch(dp)
 
 
+KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFIFO: "fifo"}
+
+
 def file_kind(mode: int) -> str:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return f"other({stat.S_IFMT(mode):o})"
+    return KINDS.get(stat.S_IFMT(mode), f"other({stat.S_IFMT(mode):o})")

@@ -1,4 +1,4 @@
-"""Power-loss images for tools/crashloop.py, built from a recording log (pyfs/recorder.py).
+"""Power-loss images for tools/crashloop.py, built from a recording log (pyfs/engine/recorder.py).
 
 The daemon of a --power-cut round runs over a `RecordingDevice`; the harness
 kept a copy of the image as it was at mount time (after an fsync of the file,
@@ -10,7 +10,7 @@ copy and yields crash images:
 - at random cut points: the covered writes, a random subset of the pending
   ones, and the last pending one torn (a strict prefix of its 512-byte
   sectors, possibly empty), as `FaultDevice.crash_image`'s keep_some and
-  tear_last modes do in process (pyfs/device.py).
+  tear_last modes do in process (pyfs/engine/device.py).
 
 A flush covers the writes that had completed when it began (the record says
 which), so a write issued while a flush ran stays pending, and a write whose
@@ -27,14 +27,14 @@ from __future__ import annotations
 import errno
 import os
 import random
-import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from crashloop_model import CHUNK, Entry, TreeState, chunk_digest, content_digest, file_kind, mtime_key, xattrs_digest
+from crashloop_model import CHUNK, Entry, TreeState, chunk_digest, content_digest, entry_of, file_kind
 
 from pyfs.engine.device import SECTOR, DeviceError
 from pyfs.engine.recorder import FAILED, FLUSH, WRITE, Record
+from tools.common import read_fs_file, walk_fs
 
 PAGE = 4096
 READ = 16 * CHUNK  # bytes per core read call when reading a tree back
@@ -282,44 +282,28 @@ def read_tree(fs, keep_content: bool = False) -> tuple[TreeState, dict[str, byte
     """The tree of a mounted `pyfs.fs.FileSystem` as a TreeState (and file contents if asked)."""
     from pyfs.format.records import ROOT_INO
 
-    entries: dict[str, Entry] = {}
     contents: dict[str, bytes] = {}
-    root_attr = fs.getattr(ROOT_INO)
-    entries["."] = _entry_of(fs, ROOT_INO, root_attr, contents, ".", keep_content)
-    stack = [(ROOT_INO, "")]
-    while stack:
-        ino, prefix = stack.pop()
-        for name, attr, _cookie in list(fs.readdir(ino)):
-            if name in (b".", b".."):
-                continue
-            path = prefix + os.fsdecode(name)
-            entries[path] = _entry_of(fs, attr.ino, attr, contents, path, keep_content)
-            if stat.S_ISDIR(attr.mode):
-                stack.append((attr.ino, path + "/"))
+    entries = {".": _entry_of(fs, ROOT_INO, fs.getattr(ROOT_INO), contents, ".", keep_content)}
+    for names, attr in walk_fs(fs):
+        path = "/".join(os.fsdecode(name) for name in names)
+        entries[path] = _entry_of(fs, attr.ino, attr, contents, path, keep_content)
     return TreeState(entries), contents
 
 
 def _entry_of(fs, ino: int, attr, contents: dict[str, bytes], path: str, keep: bool) -> Entry:
-    kind = file_kind(attr.mode)
     xattrs = {os.fsdecode(n): fs.getxattr(ino, n) for n in fs.listxattr(ino)}
+    kind = file_kind(attr.mode)
     if kind == "file":
-        fh = fs.open(ino, os.O_RDONLY)
-        try:
-            digests = []
-            parts = []
-            size = attr.size
-            for off in range(0, size, READ):
-                piece = fs.read(fh, off, min(READ, size - off))
-                view = memoryview(piece)
-                digests.extend(chunk_digest(view[i : i + CHUNK]) for i in range(0, len(piece), CHUNK))
-                if keep:
-                    parts.append(piece)
-        finally:
-            fs.release(fh)
+        digests = []
+        parts = []
+        for piece in read_fs_file(fs, ino, attr.size, READ):
+            view = memoryview(piece)
+            digests.extend(chunk_digest(view[i : i + CHUNK]) for i in range(0, len(piece), CHUNK))
+            if keep:
+                parts.append(piece)
         if keep:
             contents[path] = b"".join(parts)
-        return Entry("file", stat.S_IMODE(attr.mode), mtime_key(attr.mtime_ns), size,
-                     content_digest(size, digests), "", xattrs_digest(xattrs), ino)
+        return entry_of(attr.mode, attr.mtime_ns, ino, xattrs, size=attr.size,
+                        content=content_digest(attr.size, digests))
     target = os.fsdecode(fs.readlink(ino)) if kind == "symlink" else ""
-    return Entry(kind, stat.S_IMODE(attr.mode), mtime_key(attr.mtime_ns), 0, b"", target,
-                 xattrs_digest(xattrs), ino)
+    return entry_of(attr.mode, attr.mtime_ns, ino, xattrs, target=target)

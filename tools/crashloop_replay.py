@@ -66,8 +66,7 @@ def load(workdir: str, umask: int = 0o022) -> Run:
             rounds_of_op[e["i"]] = e["round"]
             if current is None or current.number != e["round"]:
                 current = RoundLog(e["round"], model.copy())
-                current.digests.append(model.state().digest())
-                current.file_bytes.append(model.state().file_bytes())
+                current.begin()
                 run.rounds[e["round"]] = current
             current.inflight = Op(e["i"], e["kind"], e["args"])
             current.inflight_pos = e.get("pos", 0)
@@ -75,12 +74,7 @@ def load(workdir: str, umask: int = 0o022) -> Run:
             s = starts[e["i"]]
             op = Op(e["i"], s["kind"], e["args"])
             model.apply(op)
-            state = model.state()
-            current.applied.append(op)
-            current.start_pos.append(s.get("pos", 0))
-            current.done_at.append(e["t"])
-            current.digests.append(state.digest())
-            current.file_bytes.append(state.file_bytes())
+            current.record(op, model.state(), s.get("pos", 0), e["t"])
             current.inflight = None
             run.finals[current.number] = model
         elif ev == "durable" and current is not None:
@@ -97,9 +91,7 @@ def _recovered_model(src: RoundLog, final: Model, e: dict) -> Model:
     if e["prefix"] >= len(src.applied) and not e.get("inflight"):
         m = final.copy()
     else:
-        m = src.start.copy()
-        for op in src.applied[: min(e["prefix"], len(src.applied))]:
-            m.apply(op)
+        m = src.model_after(e["prefix"])
     if e.get("inflight") and src.inflight is not None:
         m.apply(src.inflight)
     if e.get("torn_op"):

@@ -17,6 +17,7 @@ model, is a live divergence and ends the run as a violation.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -25,10 +26,11 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from crashloop_model import DURABLE_KINDS, UTIME_BASE, Model, Node, Op, pattern, xattr_value
+from crashloop_model import DURABLE_KINDS, UTIME_BASE, Model, Node, Op, TreeState, pattern, xattr_value
 
 log = logging.getLogger("crashloop")
 
@@ -43,6 +45,9 @@ POOL_MAX = 4
 LOST_CONNECTION = {errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV, errno.EIO, errno.EBADF, errno.ENOENT,
                    errno.ESTALE}
 TOLERATED = {errno.ENOSPC}
+
+SYNC = {"fsync": os.fsync, "fdatasync": os.fdatasync}
+T = TypeVar("T")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
@@ -59,6 +64,17 @@ def renameat2(old: str, new: str, flags: int) -> None:
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), old)
+
+
+def _close_quietly(fd: int) -> None:
+    """Close an fd; a close that fails (the daemon died) changes nothing the model follows."""
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _open_close(path: str, flags: int, mode: int = 0o777) -> None:
+    """open(2) as the one call that changes the filesystem (O_CREAT, O_TRUNC), then close."""
+    _close_quietly(os.open(path, flags, mode))
 
 
 class LiveDivergence(Exception):
@@ -98,6 +114,28 @@ class RoundLog:
     inflight_pos: int = 0
     failed: int = 0  # operations that failed with a tolerated errno (no change)
     divergence: str | None = None
+
+    def begin(self) -> None:
+        """Record the state the round starts from (prefix 0), once."""
+        if not self.digests:
+            state = self.start.state()
+            self.digests.append(state.digest())
+            self.file_bytes.append(state.file_bytes())
+
+    def record(self, op: Op, state: TreeState, pos: int, at: float) -> None:
+        """`op` returned at `at` (started at recording log size `pos`); `state` is the model after it."""
+        self.applied.append(op)
+        self.start_pos.append(pos)
+        self.done_at.append(at)
+        self.digests.append(state.digest())
+        self.file_bytes.append(state.file_bytes())
+
+    def model_after(self, k: int) -> Model:
+        """A fresh model of the first `k` applied operations."""
+        m = self.start.copy()
+        for op in self.applied[:k]:
+            m.apply(op)
+        return m
 
     def durable_prefix(self, log_pos: int | None = None) -> int:
         """The longest prefix made durable (by calls that returned before `log_pos`, if given)."""
@@ -160,10 +198,7 @@ class Workload:
     def run_round(self, rlog: RoundLog, max_ops: int | None = None) -> None:
         """Run operations into `rlog` until the daemon dies, `stop` is set, or `max_ops` ran."""
         self._round = rlog
-        if not rlog.digests:
-            state = self.model.state()
-            rlog.digests.append(state.digest())
-            rlog.file_bytes.append(state.file_bytes())
+        rlog.begin()
         done = 0
         try:
             while not self.stop.is_set() and (max_ops is None or done < max_ops):
@@ -178,10 +213,7 @@ class Workload:
 
     def close_pool(self) -> None:
         for p in self.pool:
-            try:
-                os.close(p.fd)
-            except OSError:
-                pass
+            _close_quietly(p.fd)
         self.pool.clear()
 
     def _path(self, rel: str) -> str:
@@ -193,10 +225,21 @@ class Workload:
         return op
 
     def step(self) -> None:
+        """One operation: its kind, then what it works on (a file, an fd of the pool), then the rest."""
         self._walk = self.model.walk()
         kind = self._pick_kind()
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        getattr(self, f"_do_{kind}")()
+        do = getattr(self, f"_do_{kind}")
+        if kind in self.ON_FILE:
+            picked = self._choose(self._of_kind("file"))
+            if picked is not None:
+                do(*picked)
+        elif kind in self.ON_POOL:
+            p = self._choose(self.pool)
+            if p is not None:
+                do(p)
+        else:
+            do()
 
     # -- performing one operation ----------------------------------------------------------
 
@@ -226,12 +269,7 @@ class Workload:
             after(result)
         now = time.monotonic()
         self.model.apply(op)
-        state = self.model.state()
-        rlog.applied.append(op)
-        rlog.start_pos.append(pos)
-        rlog.done_at.append(now)
-        rlog.digests.append(state.digest())
-        rlog.file_bytes.append(state.file_bytes())
+        rlog.record(op, self.model.state(), pos, now)
         end_pos = self.log_pos()
         self.oplog.event("done", i=op.index, args=op.args, pos=end_pos)
         if op.durable:
@@ -248,6 +286,15 @@ class Workload:
                 raise Stop() from None
             raise LiveDivergence(f"preparing call failed: {exc!r}") from None
 
+    @contextlib.contextmanager
+    def _opened(self, path: str, flags: int) -> Iterator[int]:
+        """An fd of `path` for an operation's one call (the open itself is a preparing call)."""
+        fd = self._prep(lambda: os.open(self._path(path), flags))
+        try:
+            yield fd
+        finally:
+            _close_quietly(fd)
+
     # -- choosing ---------------------------------------------------------------------------
 
     WEIGHTS = {
@@ -259,6 +306,9 @@ class Workload:
         "verify": 3,
         "collapse": 2, "insert": 2, "punch": 2, "zero": 2, "rmtree": 1, "flush": 1,
     }
+    ON_FILE = {"write_small", "write_large", "write_sparse", "write_burst", "append", "truncate", "fsync",
+               "fdatasync", "pool_open", "verify"}  # their `_do_` gets (path, node) of a file chosen first
+    ON_POOL = {"pool_write", "pool_fsync", "pool_truncate"}  # theirs gets an open fd of the pool
     GROWTH = {"write_large", "write_sparse", "append", "insert", "create", "mkdir", "write_burst"}
     LONG = {"collapse", "insert", "punch", "zero", "rmtree", "flush"}
 
@@ -273,6 +323,9 @@ class Workload:
             kinds.append(kind)
             weights.append(w * (3 if full and kind in ("unlink", "truncate", "rmtree") else 1))
         return self.rng.choices(kinds, weights)[0]
+
+    def _choose(self, items: list[T]) -> T | None:
+        return self.rng.choice(items) if items else None
 
     def _of_kind(self, *kinds: str) -> list[tuple[str, Node]]:
         return [(p, n) for p, n in self._walk if n.kind in kinds and p != "."]
@@ -299,49 +352,37 @@ class Workload:
 
     # -- names ---------------------------------------------------------------------------------
 
-    def _do_create(self) -> None:
+    def _new_node(self, kind: str, args: Callable[[], dict], call: Callable[[str, dict], object]) -> None:
+        """A new `kind` at a free name: op args path, fid and `args()` (drawn after the name);
+        `call(full path, op args)` makes it."""
         path = self._free_name()
         if path is None:
             return
-        op = self._new_op("create", {"path": path, "fid": self._fid(), "mode": self._mode()})
-        full = self._path(path)
+        op = self._new_op(kind, {"path": path, "fid": self._fid(), **args()})
+        self._perform(op, lambda: call(self._path(path), op.args))
 
-        def call() -> None:
-            fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, op.args["mode"])
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-        self._perform(op, call)
+    def _do_create(self) -> None:
+        self._new_node("create", lambda: {"mode": self._mode()},
+                       lambda full, a: _open_close(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, a["mode"]))
 
     def _do_mkdir(self) -> None:
-        path = self._free_name()
-        if path is None:
-            return
-        op = self._new_op("mkdir", {"path": path, "fid": self._fid(), "mode": self.rng.choice([0o755, 0o700, 0o775])})
-        self._perform(op, lambda: os.mkdir(self._path(path), op.args["mode"]))
+        self._new_node("mkdir", lambda: {"mode": self.rng.choice([0o755, 0o700, 0o775])},
+                       lambda full, a: os.mkdir(full, a["mode"]))
 
     def _do_mkfifo(self) -> None:
-        path = self._free_name()
-        if path is None:
-            return
-        op = self._new_op("mkfifo", {"path": path, "fid": self._fid(), "mode": 0o644})
-        self._perform(op, lambda: os.mkfifo(self._path(path), 0o644))
+        self._new_node("mkfifo", lambda: {"mode": 0o644}, lambda full, a: os.mkfifo(full, a["mode"]))
 
     def _do_symlink(self) -> None:
-        path = self._free_name()
-        if path is None:
-            return
+        self._new_node("symlink", lambda: {"target": self._symlink_target()},
+                       lambda full, a: os.symlink(a["target"], full))
+
+    def _symlink_target(self) -> str:
         roll = self.rng.random()
         if roll < 0.1:
-            target = "long/" * self.rng.randint(100, 600)
-        elif roll < 0.5 and self._walk:
-            target = self.rng.choice(self._walk)[0]
-        else:
-            target = f"t-{self.next_index}"
-        op = self._new_op("symlink", {"path": path, "fid": self._fid(), "target": target})
-        self._perform(op, lambda: os.symlink(target, self._path(path)))
+            return "long/" * self.rng.randint(100, 600)
+        if roll < 0.5 and self._walk:
+            return self.rng.choice(self._walk)[0]
+        return f"t-{self.next_index}"
 
     def _do_link(self) -> None:
         files = self._of_kind("file")
@@ -365,12 +406,11 @@ class Workload:
             self._forget_unreachable()
 
     def _do_rmdir(self) -> None:
-        empty = [(p, n) for p, n in self._of_kind("dir") if not n.entries]
-        if not empty:
+        picked = self._choose([(p, n) for p, n in self._of_kind("dir") if not n.entries])
+        if picked is None:
             return
-        path = self.rng.choice(empty)[0]
-        op = self._new_op("rmdir", {"path": path})
-        self._perform(op, lambda: os.rmdir(self._path(path)))
+        path = picked[0]
+        self._perform(self._new_op("rmdir", {"path": path}), lambda: os.rmdir(self._path(path)))
 
     def _is_inside(self, path: str, ancestor: str) -> bool:
         return path == ancestor or path.startswith(ancestor + "/")
@@ -426,109 +466,70 @@ class Workload:
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _pick_file(self) -> tuple[str, Node] | None:
-        files = self._of_kind("file")
-        return self.rng.choice(files) if files else None
-
     def _write_op(self, fid: int, offset: int, length: int) -> Op:
         """A write of `length` bytes (clamped to one FUSE request and the file size limit); gen = index."""
         length = max(1, min(length, MAX_WRITE, MAX_FILE - offset))
-        op = self._new_op("write", {"fid": fid, "offset": offset, "length": length, "gen": 0, "written": length})
-        op.args["gen"] = op.index
-        return op
+        return self._new_op("write", {"fid": fid, "offset": offset, "length": length, "gen": self.next_index,
+                                      "written": length})
+
+    def _write(self, op: Op, fd: int, append: bool = False) -> None:
+        """The one write(2) (O_APPEND) or pwrite(2) of a write op, with the data its args name."""
+        a = op.args
+        data = pattern(a["fid"], op.index, a["offset"], a["length"])
+        if not append:
+            self._perform(op, lambda: os.pwrite(fd, data, a["offset"]), lambda n: a.update(written=n))
+            return
+        a["append"] = True
+        if self._perform(op, lambda: os.write(fd, data), lambda n: a.update(written=n)):
+            self._check_append(fd, op)
 
     def _path_write(self, path: str, node: Node, offset: int, length: int) -> None:
         if offset >= MAX_FILE:
             return
         op = self._write_op(node.fid, offset, length)
-        data = pattern(node.fid, op.index, offset, op.args["length"])
-        fd = self._prep(lambda: os.open(self._path(path), os.O_WRONLY))
-        try:
-            self._perform(op, lambda: os.pwrite(fd, data, offset), lambda n: op.args.update(written=n))
-        finally:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._opened(path, os.O_WRONLY) as fd:
+            self._write(op, fd)
 
-    def _do_write_small(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
-        size = len(node.data or b"")
+    def _do_write_small(self, path: str, node: Node) -> None:
+        size = node.size
         offset = size if self.rng.random() < 0.25 else self.rng.randint(0, size)
         self._path_write(path, node, offset, self.rng.choice([1, 17, 512, 4096, self.rng.randint(1, 8192)]))
 
-    def _do_write_large(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
-        size = len(node.data or b"")
+    def _do_write_large(self, path: str, node: Node) -> None:
+        size = node.size
         offset = self.rng.randint(0, size)
         if self.rng.random() < 0.5:
             offset -= offset % 4096
         self._path_write(path, node, offset, self.rng.randint(64 * KiB, MAX_WRITE))
 
-    def _do_write_sparse(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
-        size = len(node.data or b"")
+    def _do_write_sparse(self, path: str, node: Node) -> None:
+        size = node.size
         self._path_write(path, node, size + self.rng.randint(1, 2 * MiB), self.rng.randint(1, 256 * KiB))
 
-    def _do_write_burst(self) -> None:
+    def _do_write_burst(self, path: str, node: Node) -> None:
         """Many small writes a block apart: a file of more than STEP_EXTENTS (256) extents, so that
         truncating, deleting or overwriting it is a long operation or a write in pieces."""
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
         start = self.rng.randint(0, 64) * 4096
         count = self.rng.randint(260, 400)
         if start + count * 8192 > MAX_FILE:
             return
-        fd = self._prep(lambda: os.open(self._path(path), os.O_WRONLY))
-        try:
+        with self._opened(path, os.O_WRONLY) as fd:
             for i in range(count):
-                op = self._write_op(node.fid, start + i * 8192, self.rng.choice([1, 100, 512]))
-                data = pattern(node.fid, op.index, op.args["offset"], op.args["length"])
-                self._perform(op, lambda: os.pwrite(fd, data, op.args["offset"]),
-                              lambda n, op=op: op.args.update(written=n))
-        finally:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+                self._write(self._write_op(node.fid, start + i * 8192, self.rng.choice([1, 100, 512])), fd)
 
-    def _do_append(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
-        size = len(node.data or b"")
+    def _do_append(self, path: str, node: Node) -> None:
+        size = node.size
         if size >= MAX_FILE:
             return
         length = self.rng.choice([1, 100, 4096, self.rng.randint(1, 64 * KiB), self.rng.randint(1, 512 * KiB)])
         op = self._write_op(node.fid, size, length)
-        op.args["append"] = True
-        data = pattern(node.fid, op.index, size, op.args["length"])
-        fd = self._prep(lambda: os.open(self._path(path), os.O_WRONLY | os.O_APPEND))
-        try:
-            if self._perform(op, lambda: os.write(fd, data), lambda n: op.args.update(written=n)):
-                self._check_append(fd, op)
-        finally:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._opened(path, os.O_WRONLY | os.O_APPEND) as fd:
+            self._write(op, fd, append=True)
 
     def _check_append(self, fd: int, op: Op) -> None:
         """An O_APPEND write must have landed at the end the model knows (the kernel caches the size)."""
         st = self._prep(lambda: os.fstat(fd))
-        want = len(self.model.nodes[op.args["fid"]].data or b"")
+        want = self.model.nodes[op.args["fid"]].size
         if st.st_size != want:
             raise LiveDivergence(f"{op.describe()}: after an O_APPEND write the file has {st.st_size} bytes, "
                                  f"the model {want}: the write did not land at the end of file")
@@ -543,55 +544,44 @@ class Workload:
             new = min(MAX_FILE, size + self.rng.randint(1, MiB))
         return new
 
-    def _do_truncate(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
-        size = len(node.data or b"")
+    def _do_truncate(self, path: str, node: Node) -> None:
+        size = node.size
         new = self._new_size(size)
         if new == size:
             return
         op = self._new_op("truncate", {"fid": node.fid, "size": new, "path": path})
         if new == 0 and self.rng.random() < 0.3:
-            def call() -> None:
-                fd = os.open(self._path(path), os.O_WRONLY | os.O_TRUNC)
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-            self._perform(op, call)
+            self._perform(op, lambda: _open_close(self._path(path), os.O_WRONLY | os.O_TRUNC))
         else:
             self._perform(op, lambda: os.truncate(self._path(path), new))
 
     # -- attributes ---------------------------------------------------------------------------------
 
     def _do_setxattr(self) -> None:
-        entries = self._of_kind("file", "dir")
-        if not entries:
+        picked = self._choose(self._of_kind("file", "dir"))
+        if picked is None:
             return
-        path = self.rng.choice(entries)[0]
+        path = picked[0]
         name = self.rng.choice(XATTR_NAMES)
         length = self.rng.randint(4000, 9000) if name == "user.big" else self.rng.randint(0, 200)
         op = self._new_op("setxattr", {"path": path, "name": name, "length": length, "gen": self.next_index})
-        op.args["gen"] = op.index
         value = xattr_value(op.index, length)
         self._perform(op, lambda: os.setxattr(self._path(path), name, value))
 
     def _do_removexattr(self) -> None:
-        entries = [(p, n) for p, n in self._of_kind("file", "dir") if n.xattrs]
-        if not entries:
+        picked = self._choose([(p, n) for p, n in self._of_kind("file", "dir") if n.xattrs])
+        if picked is None:
             return
-        path, node = self.rng.choice(entries)
+        path, node = picked
         name = self.rng.choice(sorted(node.xattrs))
         op = self._new_op("removexattr", {"path": path, "name": name})
         self._perform(op, lambda: os.removexattr(self._path(path), name))
 
     def _do_chmod(self) -> None:
-        entries = self._of_kind("file", "dir", "fifo")
-        if not entries:
+        picked = self._choose(self._of_kind("file", "dir", "fifo"))
+        if picked is None:
             return
-        path, node = self.rng.choice(entries)
+        path, node = picked
         mode = self.rng.randint(0, 0o777)
         if node.kind == "dir":
             mode |= 0o700
@@ -607,46 +597,28 @@ class Workload:
 
     # -- durability ------------------------------------------------------------------------------------
 
-    def _fsync_path(self, kind: str) -> None:
-        files = self._of_kind("file")
-        if not files:
-            return
-        path = self.rng.choice(files)[0]
+    def _fsync_path(self, kind: str, path: str) -> None:
         op = self._new_op(kind, {"path": path})
-        fd = self._prep(lambda: os.open(self._path(path), os.O_RDONLY))
-        try:
-            self._perform(op, lambda: (os.fsync if kind == "fsync" else os.fdatasync)(fd))
-        finally:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        with self._opened(path, os.O_RDONLY) as fd:
+            self._perform(op, lambda: SYNC[kind](fd))
 
-    def _do_fsync(self) -> None:
-        self._fsync_path("fsync")
+    def _do_fsync(self, path: str, node: Node) -> None:
+        self._fsync_path("fsync", path)
 
-    def _do_fdatasync(self) -> None:
-        self._fsync_path("fdatasync")
+    def _do_fdatasync(self, path: str, node: Node) -> None:
+        self._fsync_path("fdatasync", path)
 
     def _do_fsync_dir(self) -> None:
         path = self.rng.choice(self._dirs())[0]
         op = self._new_op("fsync_dir", {"path": path})
-        fd = self._prep(lambda: os.open(self._path(path), os.O_RDONLY | os.O_DIRECTORY))
-        try:
+        with self._opened(path, os.O_RDONLY | os.O_DIRECTORY) as fd:
             self._perform(op, lambda: os.fsync(fd))
-        finally:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
     # -- open files (writes to renamed and unlinked files) ------------------------------------------
 
-    def _do_pool_open(self) -> None:
-        picked = self._pick_file()
-        if picked is None or len(self.pool) >= POOL_MAX:
+    def _do_pool_open(self, path: str, node: Node) -> None:
+        if len(self.pool) >= POOL_MAX:
             return
-        path, node = picked
         append = self.rng.random() < 0.3
         fd = self._prep(lambda: os.open(self._path(path), os.O_RDWR | (os.O_APPEND if append else 0)))
         self.pool.append(PoolFd(fd, node.fid, append))
@@ -662,38 +634,22 @@ class Workload:
                 raise LiveDivergence(f"close failed: {exc!r}") from None
         self._forget_unreachable()
 
-    def _do_pool_write(self) -> None:
-        if not self.pool:
-            return
-        p = self.rng.choice(self.pool)
-        node = self.model.nodes[p.fid]
-        size = len(node.data or b"")
+    def _do_pool_write(self, p: PoolFd) -> None:
+        size = self.model.nodes[p.fid].size
         offset = size if p.append else self.rng.randint(0, size)
         if offset >= MAX_FILE:
             return
         op = self._write_op(p.fid, offset, self.rng.choice([1, 300, 4096, self.rng.randint(1, 128 * KiB)]))
         op.args["fd"] = True
-        data = pattern(p.fid, op.index, offset, op.args["length"])
-        if p.append:
-            op.args["append"] = True
-            if self._perform(op, lambda: os.write(p.fd, data), lambda n: op.args.update(written=n)):
-                self._check_append(p.fd, op)
-        else:
-            self._perform(op, lambda: os.pwrite(p.fd, data, offset), lambda n: op.args.update(written=n))
+        self._write(op, p.fd, p.append)
 
-    def _do_pool_fsync(self) -> None:
-        if not self.pool:
-            return
-        p = self.rng.choice(self.pool)
+    def _do_pool_fsync(self, p: PoolFd) -> None:
         kind = self.rng.choice(["fsync", "fdatasync"])
         op = self._new_op(kind, {"fid": p.fid, "fd": True})
-        self._perform(op, lambda: (os.fsync if kind == "fsync" else os.fdatasync)(p.fd))
+        self._perform(op, lambda: SYNC[kind](p.fd))
 
-    def _do_pool_truncate(self) -> None:
-        if not self.pool:
-            return
-        p = self.rng.choice(self.pool)
-        size = len(self.model.nodes[p.fid].data or b"")
+    def _do_pool_truncate(self, p: PoolFd) -> None:
+        size = self.model.nodes[p.fid].size
         new = self._new_size(size)
         if new == size:
             return
@@ -705,11 +661,7 @@ class Workload:
 
     # -- reading back while alive ----------------------------------------------------------------------
 
-    def _do_verify(self) -> None:
-        picked = self._pick_file()
-        if picked is None:
-            return
-        path, node = picked
+    def _do_verify(self, path: str, node: Node) -> None:
 
         def read() -> bytes:
             with open(self._path(path), "rb") as f:
@@ -723,7 +675,7 @@ class Workload:
             raise LiveDivergence(f"read of {path!r} (file {node.fid}) differs from the model at byte {at} "
                                  f"(size {len(data)}, model {len(expected)})")
 
-    # -- long operations (pyfs/client.py) --------------------------------------------------------------
+    # -- long operations (pyfs/client/commands.py) --------------------------------------------------------------
 
     def _client(self):
         import pyfs.client.commands as client
@@ -742,8 +694,7 @@ class Workload:
             raise
 
     def _range_file(self, min_size: int) -> tuple[str, Node] | None:
-        files = [(p, n) for p, n in self._of_kind("file") if len(n.data or b"") >= min_size]
-        return self.rng.choice(files) if files else None
+        return self._choose([(p, n) for p, n in self._of_kind("file") if n.size >= min_size])
 
     def _blocks(self, upto: int) -> int:
         return self.rng.randint(0, max(0, upto // 4096)) * 4096
@@ -753,7 +704,7 @@ class Workload:
         if picked is None:
             return
         path, node = picked
-        size = len(node.data or b"")
+        size = node.size
         offset = self._blocks(size - 4097)
         length = self.rng.randint(1, max(1, (size - 1 - offset) // 4096)) * 4096
         if offset + length >= size:
@@ -766,7 +717,7 @@ class Workload:
         if picked is None:
             return
         path, node = picked
-        size = len(node.data or b"")
+        size = node.size
         offset = self._blocks(size - 1)
         length = self.rng.randint(1, 64) * 4096
         if offset >= size or size + length > MAX_FILE:
@@ -785,7 +736,7 @@ class Workload:
         if picked is None:
             return
         path, node = picked
-        size = len(node.data or b"")
+        size = node.size
         if self.rng.random() < 0.5:
             offset = self._blocks(size)
             length = self.rng.randint(1, 64) * 4096
@@ -800,10 +751,10 @@ class Workload:
         self._long(op, lambda: fn(self._path(path), offset, length, keep_size=keep_size))
 
     def _do_rmtree(self) -> None:
-        dirs = self._of_kind("dir")
-        if not dirs:
+        picked = self._choose(self._of_kind("dir"))
+        if picked is None:
             return
-        path = self.rng.choice(dirs)[0]
+        path = picked[0]
         op = self._new_op("rmtree", {"path": path})
         self._long(op, lambda: self._client().rmtree(self._path(path)))
         self._forget_unreachable()

@@ -22,14 +22,16 @@ cut at every write and flush:  python -m tools.crashsim longops --exhaustive
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import random
+import stat
 import sys
 import time
-import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -39,6 +41,8 @@ from pyfs.engine.fault_device import MODES, FaultDevice  # noqa: E402
 from pyfs.engine.engine import Engine, EngineOptions  # noqa: E402
 from pyfs.format.records import NODE_TREES, Extent, LoggedOp, Tree  # noqa: E402
 from pyfs.format.superblock import plan_geometry  # noqa: E402
+from pyfs.fs import FileSystem, format_filesystem, logged_ops, longops  # noqa: E402
+from tools.common import fsck_device, read_fs_file, walk_fs  # noqa: E402
 
 IMAGE_SIZE = 4 << 20
 KEY_TREES = (Tree.INODES, Tree.DIRENTS, Tree.XATTRS, Tree.MISC)
@@ -54,9 +58,13 @@ def small_geometry(seed: int, size: int = IMAGE_SIZE):
     )
 
 
-def fresh_image(seed: int, size: int = IMAGE_SIZE) -> bytearray:
+def fresh_image(seed: int, size: int = IMAGE_SIZE, *, filesystem: bool = False) -> bytearray:
+    """A freshly formatted engine image (with an empty filesystem on it if asked), closed cleanly."""
     dev = FaultDevice(bytearray(size))
-    Engine.format(dev, small_geometry(seed, size)).close()
+    engine = Engine.format(dev, small_geometry(seed, size))
+    if filesystem:
+        format_filesystem(engine)
+    engine.close()
     return dev.durable_image()
 
 
@@ -231,13 +239,22 @@ def explore_power_cuts(seed: int, transactions: int, max_errors: int = 5) -> tup
     if run.error is not None:
         return 0, [f"seed {seed}: workload failed without injected faults: {run.error!r}"]
     engine.close()
-    rng = random.Random(seed ^ 0x5EED)
+    return check_images(
+        dev.crash_images(MODES, random.Random(seed ^ 0x5EED)),
+        lambda op_count, mode, image: verify_reopened(
+            image, run, op_count, f"seed {seed} cut at op {op_count} ({mode})", reopen_twice=(op_count % 25 == 0)),
+        max_errors)
+
+
+def check_images(images: Iterable[tuple[int, str, bytearray]], verify: Callable[[int, str, bytearray], list[str]],
+                 max_errors: int) -> tuple[int, list[str]]:
+    """`verify(op count, mode, image)` of each crash image in turn, until `max_errors` violations;
+    returns (images checked, violations)."""
     errors: list[str] = []
     checked = 0
-    for op_count, mode, image in dev.crash_images(MODES, rng):
+    for count, mode, image in images:
         checked += 1
-        errors += verify_reopened(image, run, op_count, f"seed {seed} cut at op {op_count} ({mode})",
-                                  reopen_twice=(op_count % 25 == 0))
+        errors += verify(count, mode, image)
         if len(errors) >= max_errors:
             break
     return checked, errors
@@ -259,7 +276,6 @@ def explore_io_errors(seed: int, transactions: int, max_errors: int = 5) -> tupl
         kwargs = {"fail_write_at": index} if what == "write" else {"fail_flush_at": index}
         dev = FaultDevice(bytearray(base), **kwargs)
         engine = Engine.open(dev)
-        ops_at_start = len(dev.ops)
         run = Workload(seed, transactions).run(engine, dev)
         label = f"seed {seed} EIO at {what} {index}"
         if run.error is None:
@@ -280,13 +296,20 @@ def explore_io_errors(seed: int, transactions: int, max_errors: int = 5) -> tupl
             errors.append(f"{label}: flush after an I/O error claimed success")
         except OSError:
             pass
-        del ops_at_start
         for mode in ("drop_all", "keep_all"):
             image = dev.crash_image(len(dev.ops), mode, random.Random(index))
             errors += verify_reopened(image, run, len(dev.ops), f"{label} reopened ({mode})")
         if len(errors) >= max_errors:
             break
     return runs, errors
+
+
+def report(line: str, errors: list[str]) -> bool:
+    """Print a summary line and the violations under it; whether there were any."""
+    print(line, flush=True)
+    for e in errors:
+        print("  " + e)
+    return bool(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,10 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             runs, eio_errors = explore_io_errors(seed, max(20, args.transactions // 4))
             errors += eio_errors
             line += f", {runs} EIO runs"
-        print(f"{line}, {len(errors)} violations, {time.monotonic() - t0:.1f} s", flush=True)
-        for e in errors:
-            print("  " + e)
-        failures += bool(errors)
+        failures += report(f"{line}, {len(errors)} violations, {time.monotonic() - t0:.1f} s", errors)
     print(f"{args.seeds - failures} passed, {failures} failed")
     return 1 if failures else 0
 
@@ -331,14 +351,6 @@ def main(argv: list[str] | None = None) -> int:
 # images cut mid-operation are mounted over a FaultDevice and power is cut at
 # every write and flush of that mount's recovery: the mount after must still
 # give the state after the operation.
-
-import contextlib  # noqa: E402
-import io  # noqa: E402
-import stat  # noqa: E402
-from collections.abc import Iterable, Iterator  # noqa: E402
-
-from pyfs.fs import FileSystem, format_filesystem  # noqa: E402
-from pyfs.fs import logged_ops, longops  # noqa: E402
 
 LONGOP_KINDS = ("collapse", "insert", "punch", "zero", "truncate", "rmtree")
 ROOT_INO = 1
@@ -399,17 +411,8 @@ def fs_snapshot(fs: FileSystem) -> Snapshot:
         kind = stat.S_IFMT(attr.mode)
         h = hashlib.blake2b(digest_size=16)
         if kind == stat.S_IFREG:
-            fh = fs.open(attr.ino, os.O_RDONLY)
-            try:
-                pos = 0
-                while pos < attr.size:
-                    chunk = fs.read(fh, pos, 1 << 20)
-                    if not chunk:
-                        break
-                    h.update(chunk)
-                    pos += len(chunk)
-            finally:
-                fs.release(fh)
+            for piece in read_fs_file(fs, attr.ino, attr.size):
+                h.update(piece)
         elif kind == stat.S_IFLNK:
             h.update(fs.readlink(attr.ino))
         xattrs = tuple(sorted((name, _digest_bytes(fs.getxattr(attr.ino, name))) for name in fs.listxattr(attr.ino)))
@@ -417,15 +420,8 @@ def fs_snapshot(fs: FileSystem) -> Snapshot:
         return (attr.ino, attr.mode, attr.uid, attr.gid, attr.nlink, size, h.digest(), attr.rdev, xattrs)
 
     out: Snapshot = {(): describe(fs.getattr(ROOT_INO))}
-    stack: list[tuple[int, tuple[bytes, ...]]] = [(ROOT_INO, ())]
-    while stack:
-        d, path = stack.pop()
-        for name, attr, _ in list(fs.readdir(d)):
-            if name in (b".", b".."):
-                continue
-            out[path + (name,)] = describe(attr)
-            if stat.S_ISDIR(attr.mode):
-                stack.append((attr.ino, path + (name,)))
+    for path, attr in walk_fs(fs):
+        out[path] = describe(attr)
     return out
 
 
@@ -435,14 +431,6 @@ def snapshot_difference(expected: Snapshot, actual: Snapshot) -> str:
         if expected.get(path) != actual.get(path):
             return f"{b'/'.join(path)!r}: expected {expected.get(path)}, found {actual.get(path)}"
     return ""
-
-
-def _fresh_fs_image(seed: int, size: int) -> bytearray:
-    dev = FaultDevice(bytearray(size))
-    engine = Engine.format(dev, small_geometry(seed, size))
-    format_filesystem(engine)
-    engine.close()
-    return dev.durable_image()
 
 
 def _new_file(fs: FileSystem, parent: int, name: bytes, pieces: list[tuple[int, bytes]]) -> tuple[int, bytes]:
@@ -472,6 +460,14 @@ def _mkdir(fs: FileSystem, parent: int, name: bytes, mode: int = 0o755) -> int:
     attr = fs.mkdir(parent, name, mode)
     fs.forget(attr.ino)
     return attr.ino
+
+
+def _lookup(fs: FileSystem, parent: int, *names: bytes) -> int:
+    """The inode at `parent`/names..., each lookup forgotten again."""
+    for name in names:
+        parent = fs.lookup(parent, name).ino
+        fs.forget(parent)
+    return parent
 
 
 def _file_op_args(kind: str, size: int, extents: int) -> tuple:
@@ -513,16 +509,11 @@ def file_op_model(kind: str, data: bytes, args: tuple) -> bytes:
 
 
 def run_file_op(fs: FileSystem, kind: str, ino: int, args: tuple) -> None:
-    if kind == "collapse":
-        fs.collapse(ino, *args, label="f")
-    elif kind == "insert":
-        fs.insert(ino, *args, label="f")
-    elif kind == "punch":
+    if kind in ("collapse", "insert"):
+        getattr(fs, kind)(ino, *args, label="f")
+    elif kind in ("punch", "zero"):
         off, length, keep_size = args
-        fs.punch(ino, off, length, keep_size=keep_size, label="f")
-    elif kind == "zero":
-        off, length, keep_size = args
-        fs.zero(ino, off, length, keep_size=keep_size, label="f")
+        getattr(fs, kind)(ino, off, length, keep_size=keep_size, label="f")
     elif kind == "truncate":
         fs.setattr(ino, size=args[0])
     else:
@@ -549,17 +540,8 @@ def build_tree(fs: FileSystem, rng: random.Random, parent: int, extents: int) ->
         fs.forget(fs.mknod(sub, b"fifo", stat.S_IFIFO | 0o644).ino)
         _mkdir(fs, sub, b"empty")
     # Hard links: /outside and /t/d0/region are one file; /t/d1/region is also /t/d2/hl.
-    d0 = fs.lookup(t, b"d0").ino
-    fs.forget(d0)
-    shared = fs.lookup(d0, b"region").ino
-    fs.forget(shared)
-    fs.forget(fs.link(shared, parent, b"outside").ino)
-    d1, d2 = fs.lookup(t, b"d1").ino, fs.lookup(t, b"d2").ino
-    fs.forget(d1)
-    fs.forget(d2)
-    inner = fs.lookup(d1, b"region").ino
-    fs.forget(inner)
-    fs.forget(fs.link(inner, d2, b"hl").ino)
+    fs.forget(fs.link(_lookup(fs, t, b"d0", b"region"), parent, b"outside").ino)
+    fs.forget(fs.link(_lookup(fs, t, b"d1", b"region"), _lookup(fs, t, b"d2"), b"hl").ino)
     deep = _mkdir(fs, t, b"deep")
     for level in range(50):
         deep = _mkdir(fs, deep, b"l%d" % level)
@@ -589,7 +571,7 @@ def longop_base(sc: LongOpScenario) -> tuple[bytes, Snapshot, Snapshot, tuple]:
     if sc in _LONGOP_BASES:
         return _LONGOP_BASES[sc]
     rng = random.Random(sc.seed)
-    fs = FileSystem.mount(FaultDevice(_fresh_fs_image(sc.seed, sc.image_size)), sc.options)
+    fs = FileSystem.mount(FaultDevice(fresh_image(sc.seed, sc.image_size, filesystem=True)), sc.options)
     _new_file(fs, ROOT_INO, b"keep", [(0, rng.randbytes(5000)), (70_000, rng.randbytes(3000))])
     if sc.kind == "rmtree":
         build_tree(fs, rng, ROOT_INO, sc.extents)
@@ -603,19 +585,12 @@ def longop_base(sc: LongOpScenario) -> tuple[bytes, Snapshot, Snapshot, tuple]:
         expected = file_op_model(sc.kind, content, args)
         after = dict(before)
         entry = before[(b"f",)]
-        after[(b"f",)] = entry[:5] + (len(expected), _digest_whole(expected)) + entry[7:]
+        after[(b"f",)] = entry[:5] + (len(expected), _digest_bytes(expected)) + entry[7:]
         what = (sc.kind, ino, args)
     fs.close()
     result = (bytes(fs.engine.device.durable_image()), before, after, what)
     _LONGOP_BASES[sc] = result
     return result
-
-
-def _digest_whole(data: bytes) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for pos in range(0, len(data), 1 << 20):
-        h.update(data[pos : pos + (1 << 20)])
-    return h.digest()
 
 
 def _run_op(fs: FileSystem, what: tuple) -> None:
@@ -709,6 +684,13 @@ def crash_points(dev: FaultDevice, counts: Iterable[int], modes: tuple[str, ...]
     return out
 
 
+def cut_images(dev: FaultDevice, counts: Iterable[int], modes: tuple[str, ...],
+               rng: random.Random) -> Iterator[tuple[int, str, bytearray]]:
+    """(op count, mode, crash image) at each of `crash_points`, built one at a time."""
+    for count, mode in crash_points(dev, counts, modes):
+        yield count, mode, dev.crash_image(count, mode, rng)
+
+
 def pending_ops_of(image: bytearray) -> list[tuple[str, int]]:
     """The logged ops a mount of `image` would finish (read-only open, nothing written)."""
     engine = Engine.open(FaultDevice(image), EngineOptions(read_only=True))
@@ -717,27 +699,18 @@ def pending_ops_of(image: bytearray) -> list[tuple[str, int]]:
 
 def fsck_problems(image: bytes | bytearray) -> list[str]:
     """`fsck -n -f` of an image (nothing written): one line per problem, empty when clean."""
-    from pyfs.fsck import Options, Report, fsck
-
-    result = fsck(FaultDevice(bytearray(image)), Options(mode="check", force=True),
-                  Report(io.StringIO(), io.StringIO(), progress=False))
+    result, _ = fsck_device(FaultDevice(bytearray(image)), force=True)
     return [f.line() for f in result.findings]
 
 
 def explore_longop(run: LongOpRun, counts: Iterable[int], modes: tuple[str, ...] = MODES,
                    seed: int = 0, max_errors: int = 5) -> tuple[int, list[str]]:
     """Cut power after each of `counts` ops in each mode; returns (images checked, violations)."""
-    rng = random.Random(seed)
-    errors: list[str] = []
-    checked = 0
-    for count, mode in crash_points(run.device, counts, modes):
-        image = run.device.crash_image(count, mode, rng)
-        label = f"{run.scenario.kind}: cut at op {count} ({mode})"
-        errors += verify_longop_image(run, image, count >= run.durable_from, label)
-        checked += 1
-        if len(errors) >= max_errors:
-            break
-    return checked, errors
+    return check_images(
+        cut_images(run.device, counts, modes, random.Random(seed)),
+        lambda count, mode, image: verify_longop_image(run, image, count >= run.durable_from,
+                                                       f"{run.scenario.kind}: cut at op {count} ({mode})"),
+        max_errors)
 
 
 def mid_op_images(run: LongOpRun, wanted: int, seed: int = 0) -> list[tuple[int, bytearray]]:
@@ -769,16 +742,11 @@ def explore_recovery(run: LongOpRun, image: bytearray, label: str, sample: int |
     counts: Iterable[int] = range(len(rec.ops) + 1)
     if sample is not None and sample < len(rec.ops) + 1:
         counts = sorted(random.Random(seed).sample(range(len(rec.ops) + 1), sample))
-    rng = random.Random(seed ^ 0x5EED)
-    errors: list[str] = []
-    checked = 0
-    for count, mode in crash_points(rec, counts, modes):
-        crash = rec.crash_image(count, mode, rng)
-        errors += verify_longop_image(run, crash, True, f"{label}, recovery cut at op {count}/{len(rec.ops)} ({mode})")
-        checked += 1
-        if len(errors) >= max_errors:
-            break
-    return checked, errors
+    return check_images(
+        cut_images(rec, counts, modes, random.Random(seed ^ 0x5EED)),
+        lambda count, mode, image: verify_longop_image(
+            run, image, True, f"{label}, recovery cut at op {count}/{len(rec.ops)} ({mode})"),
+        max_errors)
 
 
 def longops_main(argv: list[str]) -> int:
@@ -824,13 +792,10 @@ def longops_main(argv: list[str]) -> int:
                                         None if args.exhaustive else args.sample, seed=args.seed)
             rec_checked += n
             errors += found
-        print(f"{kind}: {args.extents} extents, step {step}, {ops} device ops (start durable at op "
-              f"{run.durable_from}, {run.checkpoints} checkpoints during the operation), {checked} crash images, "
-              f"{rec_checked} recovery crash images from {len(mids)} mid-operation images, "
-              f"{len(errors)} violations, {time.monotonic() - t0:.1f} s", flush=True)
-        for e in errors:
-            print("  " + e)
-        failures += bool(errors)
+        failures += report(f"{kind}: {args.extents} extents, step {step}, {ops} device ops (start durable at op "
+                           f"{run.durable_from}, {run.checkpoints} checkpoints during the operation), {checked} "
+                           f"crash images, {rec_checked} recovery crash images from {len(mids)} mid-operation "
+                           f"images, {len(errors)} violations, {time.monotonic() - t0:.1f} s", errors)
     print(f"{len(kinds) - failures} passed, {failures} failed, {time.monotonic() - total_start:.1f} s")
     return 1 if failures else 0
 

@@ -23,22 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyfs.engine.device import FileDevice  # noqa: E402
 from pyfs.format.records import ROOT_INO  # noqa: E402
 from pyfs.fs import FileSystem  # noqa: E402
+from tools.common import FSCK_PY, mkfs, run_child, scratch_dir  # noqa: E402
 
-FSCK = os.path.join(REPO, "fsck.py")
-MKFS = os.path.join(REPO, "mkfs.py")
 PER_DIR = 1000
 
 
@@ -65,27 +59,17 @@ def fill(image: str, files: int, crash_tail: int) -> dict:
     return {"files": files, "directories": len(dirs), "seconds": round(time.monotonic() - start, 1)}
 
 
-# fsck.py in a child that reports its own peak RSS on its last stderr line.
-_CHILD = (
-    "import resource, sys; sys.path.insert(0, {repo!r}); from pyfs.cli.fsck import main; rc = main(sys.argv[1:]); "
-    "sys.stderr.write('\\nMAXRSS %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
-)
-
-
 def time_fsck(image: str, *args: str) -> dict:
-    start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", _CHILD.format(repo=REPO), *args, "--json", image],
-                          capture_output=True, text=True)
-    seconds = time.monotonic() - start
+    """fsck.py as a user runs it: wall seconds and the process's own peak RSS."""
+    proc = run_child([sys.executable, FSCK_PY, *args, "--json", image])
     if proc.returncode not in (0, 1):
         raise SystemExit(f"fsck {' '.join(args)} exited {proc.returncode}: {proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     report = json.loads(proc.stdout)
-    peak_kib = int(proc.stderr.rsplit("MAXRSS", 1)[1])
     return {
         "args": " ".join(args),
-        "seconds": round(seconds, 2),
+        "seconds": round(proc.seconds, 2),
         "exit_code": proc.returncode,
-        "peak_rss_mib": round(peak_kib / 1024, 1),
+        "peak_rss_mib": round(proc.peak_rss_mib, 1),
         "problems": report["summary"]["problems"],
         "files_checked": report["summary"].get("files"),
     }
@@ -99,19 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the image")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    work = tempfile.mkdtemp(prefix="fsck-bench-", dir=args.dir)
-    image = os.path.join(work, "bench.img")
-    try:
-        subprocess.run([sys.executable, MKFS, image, "--size", args.size, "-q"], check=True)
+    with scratch_dir("fsck-bench-", args.dir, keep=lambda work: args.keep) as work:
+        image = os.path.join(work, "bench.img")
+        mkfs(image, args.size)
         made = fill(image, args.files, crash_tail=min(1000, args.files // 10))
         figures = {"crash_y": time_fsck(image, "-y", "-f")}  # first: it replays and closes cleanly
         figures["quick_n"] = time_fsck(image, "-n")
         figures["full_n"] = time_fsck(image, "-n", "-f")
         figures["full_n_verify_data"] = time_fsck(image, "-n", "-f", "--verify-data")
         result = {"image": {"size": args.size, **made, "bytes": os.stat(image).st_blocks * 512}, "figures": figures}
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -22,7 +22,6 @@ invariant 9):
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import random
@@ -42,9 +41,7 @@ for path in (REPO, os.path.join(REPO, "tests")):
 from fsck_corpus import crashed_image, healthy_image, healthy_metadata_ranges  # noqa: E402
 from pyfs.engine.fault_device import FaultDevice  # noqa: E402
 from pyfs.fs import FileSystem  # noqa: E402
-from pyfs.fsck import Options, Report, fsck  # noqa: E402
-
-FSCK = os.path.join(REPO, "fsck.py")
+from tools.common import FSCK_PY, fsck_device  # noqa: E402
 
 
 class Hang(BaseException):
@@ -96,11 +93,10 @@ def damage(image: bytes, ranges: list[tuple[int, int]], rng: random.Random) -> t
 def _in_process(image: bytes, mode: str, timeout: float) -> tuple[int, str, bytes, bool]:
     """(exit code, output, image after, whether anything was written)."""
     dev = FaultDevice(image)
-    out = io.StringIO()
     with time_limit(timeout):
-        result = fsck(dev, Options(mode, force=True), Report(out, out))
+        result, text = fsck_device(dev, mode, force=True)
     wrote = any(op.kind == "write" for op in dev.ops)
-    return result.exit_code, out.getvalue(), bytes(dev.durable_image()) if wrote else image, wrote
+    return result.exit_code, text, bytes(dev.durable_image()) if wrote else image, wrote
 
 
 def _cli(image: bytes, mode: str, timeout: float) -> tuple[int, str, bytes, bool]:
@@ -109,7 +105,7 @@ def _cli(image: bytes, mode: str, timeout: float) -> tuple[int, str, bytes, bool
         f.write(image)
         f.flush()
         try:
-            proc = subprocess.run([sys.executable, FSCK, flag, "-f", f.name], capture_output=True, text=True,
+            proc = subprocess.run([sys.executable, FSCK_PY, flag, "-f", f.name], capture_output=True, text=True,
                                   timeout=timeout)
         except subprocess.TimeoutExpired:
             raise Hang(f"no answer after {timeout} s") from None

@@ -16,7 +16,7 @@ key count against the small one, for every cache size:
   insert peak     `ru_maxrss` of the insert child
   open peak       `ru_maxrss` of the read child right after Engine.open
   read-loop peak  the peak during the read loop alone (the kernel's
-                  watermark is restarted after the open, see benchlib)
+                  watermark is restarted after the open, see reset_peak_rss)
 
 Each must stay within `--limit` (default 1.5) times its small-count value;
 otherwise the bound is violated and the tool exits 1.  The insert and
@@ -38,35 +38,65 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
+import random
 import sys
-import tempfile
-import time
+from array import array
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pyfs.engine.engine import EngineOptions  # noqa: E402
 from pyfs.format.keys import encode_key  # noqa: E402
 from pyfs.format.records import Tree  # noqa: E402
-from tools.benchlib import (  # noqa: E402
-    GIB,
-    current_rss_mib,
-    default_workdir_parent,
-    make_image,
-    open_image,
-    peak_rss_mib,
-    peak_rss_since_reset_mib,
-    reset_peak_rss,
-    run_child,
-    shuffled,
-    value_of,
+from tools.common import (  # noqa: E402
+    MIB, CheckFailed, Stopwatch, ToolError, add_engine_options, check, child_main, default_workdir_parent,
+    insert_keys, make_image, measure_in_child, open_image, peak_rss_mib, scratch_dir, table_lines, value_of,
 )
 
 BATCH = 100
 
 
-class CheckFailed(Exception):
-    pass
+def shuffled(n: int, seed: int) -> array:
+    """range(n) in a random order, as 4-byte ints (a list of a million ints
+    would itself weigh ~40 MiB and blur the memory figures being measured).
+
+    Truly shuffled, not a cheap affine scramble: a stride pattern revisits
+    each btree leaf at regular long intervals, the worst case of an LRU
+    cache, and would understate what a cache of a given size achieves.
+    """
+    order = array("I", range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def current_rss_mib() -> float:
+    """Resident set of this process now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+def reset_peak_rss() -> bool:
+    """Restart the kernel's peak-RSS watermark (VmHWM) at the current RSS; False if not possible.
+
+    `ru_maxrss` cannot be reset; VmHWM can (Linux >= 4.0, "5" to clear_refs),
+    which lets one phase of a process be measured apart from an earlier peak.
+    Linux derives `ru_maxrss` from the same watermark, so it restarts too:
+    read any earlier peak first.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_since_reset_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
 
 
 def options_for(args: argparse.Namespace) -> EngineOptions:
@@ -80,30 +110,27 @@ def phase_insert(args: argparse.Namespace, path: str) -> dict:
     base = peak_rss_mib()
     engine = make_image(path, args.image_size, options=options_for(args))
     limit = engine.store.cache_nodes
-    max_cache = max_dirty = 0
+    most = {"cache": 0, "dirty": 0}
     n = args.keys
-    start, cpu = time.perf_counter(), time.process_time()
-    for tx, first in enumerate(range(0, n, BATCH), 1):
-        with engine.transaction() as t:
-            for i in range(first, min(n, first + BATCH)):
-                t.put(Tree.INODES, (i,), value_of(i))
-        max_cache = max(max_cache, len(engine.store.cache))
-        max_dirty = max(max_dirty, engine.store.dirty_count)
+
+    def after_tx(tx: int) -> None:
+        most["cache"] = max(most["cache"], len(engine.store.cache))
+        most["dirty"] = max(most["dirty"], engine.store.dirty_count)
         if args.flush_every and tx % args.flush_every == 0:
             engine.flush()
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    if max_cache > limit:
-        raise CheckFailed(f"insert: the cache held {max_cache} nodes, above its bound {limit}")
-    if max_dirty > engine.dirty_limit:
-        raise CheckFailed(f"insert: {max_dirty} dirty nodes after a commit, above the dirty limit {engine.dirty_limit}")
+
+    with Stopwatch() as timed:
+        insert_keys(engine, n, BATCH, after_tx=after_tx)
+    max_cache, max_dirty = most["cache"], most["dirty"]
+    check(max_cache <= limit, f"insert: the cache held {max_cache} nodes, above its bound {limit}")
+    check(max_dirty <= engine.dirty_limit,
+          f"insert: {max_dirty} dirty nodes after a commit, above the dirty limit {engine.dirty_limit}")
     checkpoints = engine.checkpoints
     dirty_limit = engine.dirty_limit
     engine.close()
     return {
         "keys": n,
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "keys_per_s": n / seconds,
+        **timed.rates(n, "keys"),
         "checkpoints": checkpoints,
         "max_cached_nodes": max_cache,
         "cache_full": max_cache >= limit,
@@ -119,35 +146,30 @@ def phase_read(args: argparse.Namespace, path: str) -> dict:
     order = shuffled(n, seed=n)  # before the measurement: the workload's, not the engine's memory
     base = peak_rss_mib()
     engine = open_image(path, options_for(args))
-    if engine.replayed_entries:
-        raise CheckFailed(f"read: open after a clean close replayed {engine.replayed_entries} entries")
+    check(not engine.replayed_entries,
+          f"read: open after a clean close replayed {engine.replayed_entries} entries")
     open_peak = peak_rss_mib()
     tree = engine.trees[Tree.INODES]
-    if tree.nkeys != n:
-        raise CheckFailed(f"read: the inodes tree counts {tree.nkeys} keys, expected {n}")
+    check(tree.nkeys == n, f"read: the inodes tree counts {tree.nkeys} keys, expected {n}")
     limit = engine.store.cache_nodes
     max_cache = 0
     reads_before = engine.store.reads
     separate = reset_peak_rss()
     loop_start_rss = current_rss_mib()
-    start, cpu = time.perf_counter(), time.process_time()
-    for count, i in enumerate(order, 1):
-        if tree.get(encode_key((i,))) != value_of(i):
-            raise CheckFailed(f"read: key ({i},) is missing or has a wrong value")
-        if count % 1024 == 0:
-            max_cache = max(max_cache, len(engine.store.cache))
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    with Stopwatch() as timed:
+        for count, i in enumerate(order, 1):
+            if tree.get(encode_key((i,))) != value_of(i):  # not check(): no message built per key
+                raise CheckFailed(f"read: key ({i},) is missing or has a wrong value")
+            if count % 1024 == 0:
+                max_cache = max(max_cache, len(engine.store.cache))
     loop_peak = peak_rss_since_reset_mib() if separate else None
     max_cache = max(max_cache, len(engine.store.cache))
-    if max_cache > limit:
-        raise CheckFailed(f"read: the cache held {max_cache} nodes, above its bound {limit}")
+    check(max_cache <= limit, f"read: the cache held {max_cache} nodes, above its bound {limit}")
     node_reads = engine.store.reads - reads_before
     engine.close()
     return {
         "keys": n,
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "keys_per_s": n / seconds,
+        **timed.rates(n, "keys"),
         "node_reads": node_reads,
         "max_cached_nodes": max_cache,
         "cache_full": max_cache >= limit,
@@ -216,7 +238,6 @@ def _mib(value: float | None) -> str:
 def print_table(rows: list[dict], lines: list[str]) -> None:
     head = ("cache", "keys", "phase", "keys/s", "CPU s", "node reads", "max cached", "max dirty",
             "peak RSS", "open peak", "read-loop peak", "read-loop growth")
-    right = {1, 3, 4, 5, 6}
     table = [head]
     for r in rows:
         table.append((
@@ -233,13 +254,7 @@ def print_table(rows: list[dict], lines: list[str]) -> None:
             _mib(r.get("read_peak_rss_mib")),
             _mib(r.get("read_growth_mib")),
         ))
-    widths = [max(len(row[c]) for row in table) for c in range(len(head))]
-    for row in table:
-        print("  ".join(cell.rjust(widths[c]) if c in right else cell.ljust(widths[c])
-                        for c, cell in enumerate(row)).rstrip())
-    print()
-    for line in lines:
-        print(line)
+    print("\n".join([*table_lines(table, right={1, 3, 4, 5, 6}), "", *lines]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                              "interval (default 1000; 0: never, the journal buffers until a checkpoint)")
     parser.add_argument("--limit", type=float, default=1.5,
                         help="largest allowed ratio of peak RSS, large over small key count (default 1.5)")
-    parser.add_argument("--image-size", type=int, default=4 * GIB, help="bytes of the sparse image (default 4 GiB)")
-    parser.add_argument("--dir", help="where to put the images (default: a temp dir on the same disk)")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    add_engine_options(parser, json_what="the rows", image_what="the sparse image")
     parser.add_argument("--phase", choices=("insert", "read"), help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -264,39 +277,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--keys and --cache-nodes must be positive, --flush-every not negative")
 
     if args.phase:  # one phase in this fresh process
-        try:
-            result = (phase_insert if args.phase == "insert" else phase_read)(args, args.image)
-        except CheckFailed as exc:
-            print(f"scale: {exc}", file=sys.stderr)
-            return 1
-        print(json.dumps(result))
-        return 0
+        return child_main("scale", lambda: (phase_insert if args.phase == "insert" else phase_read)(args, args.image))
 
     large = args.keys
     small = args.small_keys if args.small_keys is not None else max(1, large // 4)
-    parent = args.dir or default_workdir_parent()
-    try:
-        workdir = tempfile.mkdtemp(prefix="pyfs-scale-", dir=parent)
-    except OSError as exc:
-        print(f"scale: cannot create a work directory in {parent}: {exc.strerror}", file=sys.stderr)
-        return 1
     rows: list[dict] = []
     failures: list[str] = []
     script = os.path.abspath(__file__)
     try:
-        for cache in args.cache_nodes:
-            for keys in (small, large):
-                path = os.path.join(workdir, f"scale-{cache}-{keys}.img")
-                for phase in ("insert", "read"):
-                    try:
-                        result = run_child(script, child_args(args, phase, path, keys, cache))
-                    except RuntimeError as exc:
-                        failures.append(f"scale: cache {cache}, {keys:,} keys, {phase}: {exc}")
-                        break
-                    rows.append({"cache_nodes": cache, "phase": phase} | result)
-                os.unlink(path)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        with scratch_dir("pyfs-scale-", args.dir or default_workdir_parent()) as workdir:
+            for cache in args.cache_nodes:
+                for keys in (small, large):
+                    path = os.path.join(workdir, f"scale-{cache}-{keys}.img")
+                    for phase in ("insert", "read"):
+                        try:
+                            result = measure_in_child(script, child_args(args, phase, path, keys, cache))
+                        except ToolError as exc:
+                            failures.append(f"scale: cache {cache}, {keys:,} keys, {phase}: {exc}")
+                            break
+                        rows.append({"cache_nodes": cache, "phase": phase} | result)
+                    os.unlink(path)
+    except ToolError as exc:  # no work directory
+        print(f"scale: {exc}", file=sys.stderr)
+        return 1
 
     lines, violated = verdicts(rows, args.cache_nodes, small, large, args.limit)
     failures += violated
