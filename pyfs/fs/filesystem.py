@@ -36,7 +36,6 @@ import os
 import stat
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 from ..engine.device import Device
@@ -146,27 +145,16 @@ class FileSystem:
 
     # -- transactions -------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self, caller: Ctx = ROOT_CTX) -> Iterator[Txn]:
+    def transaction(self, caller: Ctx = ROOT_CTX) -> "Changing":
         """One transaction for any number of operations; committed when the block ends without error.
 
         After the commit, long operations begun inside run (or go to the
         driver) and inodes left without a name are deleted once unused.
         """
-        if self.read_only:
-            raise FsError(errno.EROFS)
-        with self.engine.transaction() as t:
-            x = Txn(t, self.engine, time.time_ns(), caller)
-            yield x
-        self._committed(x)
+        return Changing(self, caller)
 
-    @contextmanager
-    def _reading(self) -> Iterator[Txn]:
-        """A transaction used only for reading (never committed with changes)."""
-        with self.engine.transaction() as t:
-            yield Txn(t, self.engine, 0)
-
-    def _committed(self, x: Txn) -> None:
+    def committed(self, x: Txn) -> None:
+        """Act on what the committed transaction `x` left: run its long operations, reap its unlinked inodes."""
         for kind, ino in x.started:
             self._launch(kind, ino)
         for ino in x.unlinked:
@@ -292,8 +280,8 @@ class FileSystem:
 
     def lookup(self, parent: int, name: bytes, ctx: Ctx = ROOT_CTX) -> Attr:
         """Find `name` in `parent`; counts a kernel reference (undone by `forget`)."""
-        with self._reading() as x:
-            ino, inode = lookup(x, parent, name)
+        with self.engine.transaction() as t:
+            ino, inode = lookup(Txn(t, self.engine, 0, ctx), parent, name)
         self._remember(ino)
         return Attr.of(ino, inode)
 
@@ -554,3 +542,27 @@ class FileSystem:
             files_free=files_free,
             name_max=NAME_MAX,
         )
+
+
+class Changing:
+    """The context manager `FileSystem.transaction` returns: a `Txn` on enter, commit and follow-up on exit."""
+
+    __slots__ = ("fs", "caller", "t", "x")
+
+    def __init__(self, fs: FileSystem, caller: Ctx) -> None:
+        self.fs = fs
+        self.caller = caller
+
+    def __enter__(self) -> Txn:
+        fs = self.fs
+        if fs.read_only:
+            raise FsError(errno.EROFS)
+        self.t = fs.engine.transaction()
+        self.x = Txn(self.t, fs.engine, time.time_ns(), self.caller)
+        return self.x
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.t.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            self.fs.committed(self.x)
+        return False

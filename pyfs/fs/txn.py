@@ -28,7 +28,7 @@ from .attr import ROOT_CTX, Ctx
 from .errors import FsError
 
 
-@dataclass
+@dataclass(slots=True)
 class Txn:
     t: Transaction
     engine: Engine
