@@ -631,6 +631,10 @@ def test_a_read_of_data_whose_region_is_corrupt_fails_with_eio(fs):
     data = os.urandom(50_000)
     ino = new_file(fs, ROOT, b"f", data)
     fs.fsync_now()
+    # A later durable entry makes the file's entry known durable; otherwise
+    # replay verifies its data and ends the chain before it (invariant 4).
+    fs.mkdir(ROOT, b"later", 0o755)
+    fs.fsync_now()
     [(_, ext)] = extents_of(fs, ino)
     image = fs.engine.device.durable_image()
     image[ext.region_addr + 100] ^= 0xFF

@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from pyfs.engine.check import check_engine  # noqa: E402
-from pyfs.engine.fault_device import MODES, FaultDevice  # noqa: E402
+from pyfs.engine.device import SECTOR  # noqa: E402
+from pyfs.engine.fault_device import MODES, DeviceOp, FaultDevice  # noqa: E402
 from pyfs.engine.engine import Engine, EngineOptions  # noqa: E402
 from pyfs.format.records import NODE_TREES, Extent, LoggedOp, Tree  # noqa: E402
-from pyfs.format.superblock import plan_geometry  # noqa: E402
+from pyfs.format.superblock import Superblock, plan_geometry  # noqa: E402
 from pyfs.fs import FileSystem, format_filesystem, logged_ops, longops  # noqa: E402
 from tools.common import fsck_device, read_fs_file, walk_fs  # noqa: E402
 
@@ -304,6 +305,91 @@ def explore_io_errors(seed: int, transactions: int, max_errors: int = 5) -> tupl
     return runs, errors
 
 
+def workload_device(seed: int, transactions: int) -> tuple[FaultDevice, Run, Superblock]:
+    """A workload run on a fresh image, closed cleanly: its recording device, run and superblock."""
+    dev = FaultDevice(fresh_image(seed))
+    engine = Engine.open(dev)
+    run = Workload(seed, transactions).run(engine, dev)
+    if run.error is not None:
+        raise RuntimeError(f"seed {seed}: workload failed without injected faults: {run.error!r}")
+    engine.close()
+    return dev, run, engine.sb
+
+
+def pending_after_flush(dev: FaultDevice, op_count: int) -> list[DeviceOp]:
+    """The writes among the first `op_count` ops that no flush has covered yet."""
+    ops = dev.ops[:op_count]
+    last_flush = max((i for i, op in enumerate(ops) if op.kind == "flush"), default=-1)
+    return [op for op in ops[last_flush + 1 :] if op.kind == "write"]
+
+
+def with_writes(dev: FaultDevice, op_count: int, writes: Iterable[tuple[DeviceOp, int]]) -> bytearray:
+    """The durable image after `op_count` ops, plus the leading bytes given of some pending writes."""
+    image = dev.crash_image(op_count, "drop_all", random.Random(0))
+    for op, length in writes:
+        image[op.offset : op.offset + length] = op.data[:length]
+    return image
+
+
+def sector_prefixes(op: DeviceOp) -> list[int]:
+    """Every length a torn `op` can land with: whole sectors, short of the whole write."""
+    return list(range(0, len(op.data), SECTOR))
+
+
+def lost_data_images(dev: FaultDevice, sb: Superblock, rng: random.Random) -> Iterator[tuple[int, str, bytearray]]:
+    """Crash images where a flush's journal writes landed but data written with them did not:
+    all of the data dropped, the last data write torn, or a random part of it dropped."""
+    for op_count in range(1, len(dev.ops) + 1):
+        if dev.ops[op_count - 1].kind != "write":
+            continue
+        pending = pending_after_flush(dev, op_count)
+        data = [op for op in pending if op.offset >= sb.bucket_offset]
+        journal = [op for op in pending if op.offset < sb.bucket_offset]
+        if not data or not journal:
+            continue
+        whole = [(op, len(op.data)) for op in journal]
+        yield op_count, "data dropped", with_writes(dev, op_count, whole)
+        last = data[-1]
+        kept = [(op, len(op.data)) for op in data[:-1]]
+        yield op_count, "data torn", with_writes(dev, op_count, whole + kept + [(last, rng.choice(sector_prefixes(last)))])
+        some = [(op, len(op.data)) for op in data if rng.random() < 0.5]
+        yield op_count, "some data dropped", with_writes(dev, op_count, whole + some)
+
+
+def explore_lost_data(seed: int, transactions: int, max_errors: int = 5) -> tuple[int, list[str]]:
+    """One flush per fsync (invariant 4): data lost or torn while the entries that name it landed;
+    returns (images checked, violations)."""
+    dev, run, sb = workload_device(seed, transactions)
+    return check_images(
+        lost_data_images(dev, sb, random.Random(seed ^ 0xDA7A)),
+        lambda op_count, mode, image: verify_reopened(image, run, op_count, f"seed {seed} cut at op {op_count} ({mode})"),
+        max_errors)
+
+
+def torn_slot_images(dev: FaultDevice, sb: Superblock) -> Iterator[tuple[int, str, bytearray]]:
+    """Power cut during every checkpoint-slot write: each sector prefix of it lands (the entries
+    before it are durable), then again with the other slot lost too (a region scan)."""
+    for index, op in enumerate(dev.ops):
+        if op.kind != "write" or op.offset not in sb.slot_offsets:
+            continue
+        before = [(w, len(w.data)) for w in pending_after_flush(dev, index)]
+        for length in sector_prefixes(op):
+            yield index + 1, f"slot torn at byte {length}", with_writes(dev, index + 1, before + [(op, length)])
+        other = sb.slot_offsets[1 - sb.slot_offsets.index(op.offset)]
+        image = with_writes(dev, index + 1, before + [(op, SECTOR)])
+        image[other : other + sb.block_size] = bytes(sb.block_size)
+        yield index + 1, "slot torn, other slot lost", image
+
+
+def explore_slot_tears(seed: int, transactions: int, max_errors: int = 5) -> tuple[int, list[str]]:
+    """Torn checkpoint-slot writes (format v2); returns (images checked, violations)."""
+    dev, run, sb = workload_device(seed, transactions)
+    return check_images(
+        torn_slot_images(dev, sb),
+        lambda op_count, mode, image: verify_reopened(image, run, op_count, f"seed {seed} at op {op_count} ({mode})"),
+        max_errors)
+
+
 def report(line: str, errors: list[str]) -> bool:
     """Print a summary line and the violations under it; whether there were any."""
     print(line, flush=True)
@@ -328,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         checked, errors = explore_power_cuts(seed, args.transactions)
         line = f"seed {seed}: {checked} power-cut images"
+        for what, explore in (("lost-data", explore_lost_data), ("torn-slot", explore_slot_tears)):
+            more, more_errors = explore(seed, args.transactions)
+            errors += more_errors
+            line += f", {more} {what} images"
         if not args.no_eio:
             runs, eio_errors = explore_io_errors(seed, max(20, args.transactions // 4))
             errors += eio_errors

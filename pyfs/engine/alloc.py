@@ -16,6 +16,9 @@ Promises (DESIGN.md invariant 3; tests/test_space.py):
   overwritten.  Data regions never cross a bucket boundary.
 - Data allocations stop with ENOSPC while `reserve` free buckets remain, so a
   checkpoint can always find room for the nodes it must write.
+- A pinned bucket (holding an out-of-line key list that replay may still
+  read) is never handed out, whatever its count, until `release_pins(seq)`
+  at the next checkpoint; then it waits for that checkpoint's seq.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class BucketSpace:
         self.reserve = reserve if reserve is not None else max(2, min(n // 16, 64))
         self._scan_from = 0
         self.empty = n  # buckets whose live count is zero (free, open, or awaiting durability)
+        self.pinned: set[int] = set()
 
     # -- mirror of the alloc btree ---------------------------------------
 
@@ -99,6 +103,7 @@ class BucketSpace:
     def is_free(self, bucket: int, durable_seq: int) -> bool:
         return (
             self.live[bucket] == 0
+            and bucket not in self.pinned
             and self.free_after[bucket] <= durable_seq
             and all(ob.bucket != bucket for ob in self.open.values())
         )
@@ -144,6 +149,17 @@ class BucketSpace:
                 self.open[kind] = ob
                 return ob
         raise NoSpace()
+
+    def pin(self, bucket: int) -> None:
+        """Keep `bucket` from being handed out until the next `release_pins`."""
+        if 0 <= bucket < self.sb.nbuckets:
+            self.pinned.add(bucket)
+
+    def release_pins(self, seq: int) -> None:
+        """The checkpoint with `seq` no longer needs the pinned buckets: free once `seq` may be reused."""
+        for bucket in self.pinned:
+            self.free_after[bucket] = max(self.free_after[bucket], seq)
+        self.pinned.clear()
 
     def close_open(self) -> None:
         """Forget the open buckets (their unused tails are lost until the bucket empties)."""

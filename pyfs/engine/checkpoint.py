@@ -19,6 +19,8 @@ tests/test_crash.py prove them):
 - The entry carries the roots of every btree and every live logged-op key,
   so reclaiming the journal before it never loses an unfinished long
   operation (invariant 7).
+- Out-of-line key lists written since the last checkpoint are released
+  with this one's seq: their space is reused only once it may be.
 - A failed write or flush, or no room left for the nodes, turns the engine
   read-only (EIO, resp. ENOSPC) and the checkpoint does not count.
 """
@@ -64,6 +66,7 @@ class Checkpointer:
         # Space emptied by committed transactions is usable for nodes only
         # once they are durable: make them so first.
         self.durability.flush_locked()
+        self.durability.prove_locked()
         seq = journal.next_seq  # the checkpoint entry's seq: nothing else appends meanwhile
         self._place_nodes(seq)
         roots = self._write_nodes()
@@ -73,6 +76,8 @@ class Checkpointer:
             {"flags": flags, "roots": roots, "logged_ops": sorted(self.keys.logged_ops.items())}, checkpoint=True
         )
         assert entry.seq == seq
+        # Out-of-line key lists of the entries before it are dead once it is.
+        self.keys.space.release_pins(seq)
         self.durability.flush_locked()
         return seq
 
@@ -87,7 +92,7 @@ class Checkpointer:
         sb = keys.sb
         space = keys.space
         alloc = keys.trees[Tree.ALLOC]
-        durable_seq = self.journal.durable_seq
+        durable_seq = self.journal.reusable_seq
         while True:
             fresh = [n for t in keys.trees.values() for n in t.dirty_nodes() if n.new_addr is None]
             freed, keys.store.freed = keys.store.freed, []

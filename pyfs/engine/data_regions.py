@@ -9,6 +9,10 @@ tests/test_space.py):
   is durable at the next flush, which flushes the device before it writes
   the journal entries that point at the region (invariant 4).  A failed
   write is EIO and turns the engine read-only.
+- Format v2: every region written is named by the next committed entry
+  (`take_unattached`), so the entry and its data share one flush and replay
+  verifies them; an out-of-line key list (`write_key_list`) lives in
+  regions whose buckets stay pinned until the next checkpoint.
 - `read` with the checksum the extent carries verifies the whole region: a
   mismatch is EIO and a log line, never silent garbage (invariant 5).
 """
@@ -23,6 +27,7 @@ from .device import Device
 from .durability import Durability
 from .journal_writer import JournalWriter
 from ..format.checksum import checksum
+from ..format.journal_entry import RegionRef
 from ..format.records import BucketKind
 from ..format.superblock import Superblock
 
@@ -43,6 +48,8 @@ class DataRegions:
         self.durability = durability
         self.device = device
         self.seed = seed
+        self.unattached: list[RegionRef] = []  # v2: regions written that no entry names yet
+        self.name_regions = journal.version >= 2
 
     def allocate(self, nbytes: int) -> int:
         """Address of `nbytes` (at most one region) of fresh space for file data.
@@ -56,14 +63,16 @@ class DataRegions:
         if nbytes > limit:
             raise ValueError(f"data regions are at most {limit} bytes")
         try:
-            return self.space.allocate(BucketKind.DATA, nbytes, journal.durable_seq, journal.next_seq)
+            return self.space.allocate(BucketKind.DATA, nbytes, journal.reusable_seq, journal.next_seq)
         except NoSpace:
-            if not journal.has_pending:
+            if not journal.has_pending and journal.reusable_seq >= journal.durable_seq:
                 raise
-        # Buckets emptied by transactions not yet durable become usable once
-        # they are: flush, then try once more.
+        # Buckets emptied by transactions not yet durable (or not yet known
+        # durable) become usable once they are: flush, then try once more.
         self.durability.flush()
-        return self.space.allocate(BucketKind.DATA, nbytes, journal.durable_seq, journal.next_seq)
+        with self.durability.io_lock:
+            self.durability.prove_locked()
+        return self.space.allocate(BucketKind.DATA, nbytes, journal.reusable_seq, journal.next_seq)
 
     def write(self, addr: int, data: bytes) -> int:
         """Write a data region; returns its checksum.  Durable at the next flush."""
@@ -73,7 +82,32 @@ class DataRegions:
             self.durability.fail(exc)
             raise OSError(errno.EIO, f"data write failed: {exc}") from exc
         self.durability.data_written()
-        return checksum(data, self.seed)
+        csum = checksum(data, self.seed)
+        if self.name_regions:
+            self.unattached.append((addr, len(data), csum))
+        return csum
+
+    def take_unattached(self) -> tuple[RegionRef, ...]:
+        """The regions written since the last commit: the next entry names them (v2)."""
+        regions, self.unattached = tuple(self.unattached), []
+        return regions
+
+    def write_key_list(self, packed: bytes) -> tuple[RegionRef, ...]:
+        """Write an out-of-line key list in regions, each bucket pinned until the next checkpoint."""
+        limit = min(MAX_DATA_REGION, self.sb.bucket_size)
+        refs = []
+        for at in range(0, len(packed), limit):
+            piece = packed[at : at + limit]
+            addr = self.allocate(len(piece))
+            self.space.pin(self.sb.bucket_of(addr))
+            try:
+                self.device.pwrite(addr, piece)
+            except OSError as exc:
+                self.durability.fail(exc)
+                raise OSError(errno.EIO, f"key list write failed: {exc}") from exc
+            self.durability.data_written()
+            refs.append((addr, len(piece), checksum(piece, self.seed)))
+        return tuple(refs)
 
     def read(self, addr: int, length: int, expect_csum: int | None = None) -> bytes:
         """Read a data region, verifying its checksum when given (EIO on mismatch)."""

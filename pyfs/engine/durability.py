@@ -93,6 +93,17 @@ class Durability:
         self.data_unsynced = False
         self.run_job(job, data)
 
+    def prove_locked(self) -> None:
+        """Make `reusable_seq` reach `durable_seq` (v2): an empty entry carrying it, flushed.
+
+        Space emptied by durable transactions may then be handed out again.
+        The caller holds `io_lock` and has just flushed.
+        """
+        journal = self.journal
+        if journal.reusable_seq < journal.durable_seq:
+            journal.append({"keys": []})
+            self.flush_locked()
+
     def flush_device(self) -> None:
         """Flush the device alone (a checkpoint's nodes); every data region written is durable after it."""
         self.device.flush()

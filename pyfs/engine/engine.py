@@ -41,7 +41,7 @@ from .checkpoint import Checkpointer
 from .data_regions import MAX_DATA_REGION, DataRegions
 from .device import Device
 from .durability import Durability
-from .journal_scan import ScanResult, scan_journal
+from .journal_scan import ScanResult, scan_journal, walk_journal
 from .journal_writer import JournalFull, JournalWriter
 from .key_state import KeyState
 from .node_store import NodeStore
@@ -49,6 +49,7 @@ from .replay import OpenRepair, replay
 from .superblock_io import read_superblock, write_superblocks
 from .transaction import Transaction
 from ..format.checksum import seed_from_uuid
+from ..format.journal_entry import encode_key_list
 from ..format.records import NODE_TREES, Tree
 from ..format.superblock import Superblock
 
@@ -72,6 +73,8 @@ class EngineOptions:
     checkpoint_fill: float = 0.5      # journal fill that triggers a checkpoint
     reserve_buckets: int | None = None
     salvage_journal: bool = False     # fsck: replay up to a damaged entry instead of refusing
+    txn_max_bytes: int | None = None  # E2BIG for a key list above this (None: only the space limits it)
+    inline_key_bytes: int = 64 << 10  # v2: a bigger key list goes out of line, in data regions
 
 
 @dataclass
@@ -157,6 +160,7 @@ class Engine:
         journal = JournalWriter(
             device, sb.journal_offset, sb.journal_size, seed_from_uuid(sb.uuid),
             next_seq=1, durable_seq=0, checkpoint_seq=0, checkpoint_offset=0, tail_offset=0,
+            **cls._journal_format(sb),
         )
         eng = cls(device, sb, options or EngineOptions(), journal)
         for tree in NODE_TREES:
@@ -176,16 +180,24 @@ class Engine:
         seed = seed_from_uuid(sb.uuid)
         if repair is not None and repair.scan is not None:
             scan = repair.scan
+        elif sb.has_slots:
+            scan = walk_journal(device, sb, seed, salvage=options.salvage_journal)
         else:
             scan = scan_journal(device, sb, seed, salvage=options.salvage_journal)
-        # Writing resumes after the chain, with seqs above any seen in the region.
+        # Writing resumes after the chain: in v1 with seqs above any seen in
+        # the region; in v2 right after the chain, `prev` keeping stale
+        # entries out of it, the next checkpoint in the slot not started from.
         journal = JournalWriter(
             device, sb.journal_offset, sb.journal_size, seed,
-            next_seq=scan.max_seq_seen + 1,
+            next_seq=(scan.last_seq if sb.has_slots else scan.max_seq_seen) + 1,
             durable_seq=scan.last_seq,
             checkpoint_seq=scan.checkpoint.seq,
             checkpoint_offset=scan.chain[0].offset,
             tail_offset=scan.resume_offset,
+            prev_csum=scan.chain[-1].entry.csum,
+            proven_seq=min(scan.proven_seq, scan.last_seq),
+            next_slot=0 if scan.slot_index is None else 1 - scan.slot_index,
+            **cls._journal_format(sb),
         )
         eng = cls(device, sb, options, journal)
         eng.notes.extend(notes)
@@ -196,9 +208,20 @@ class Engine:
         eng.replayed_entries = replay(eng.keys, scan, repair, eng.notes)
         if scan.dropped:
             eng.notes.append(f"journal: torn tail at seq {scan.torn_at}, dropped unacknowledged entries {scan.dropped}")
-        if not eng.read_only and (len(scan.chain) > 1 or scan.max_seq_seen != scan.last_seq or repair is not None):
+        # Key lists read by replay stay pinned until the checkpoint below.
+        for loc in scan.chain[1:]:
+            for addr, _, _ in loc.entry.key_lists:
+                eng.space.pin(sb.bucket_of(addr))
+        slot_behind = sb.has_slots and (scan.slot_index is None or scan.slot_seq != scan.checkpoint.seq)
+        if not eng.read_only and (len(scan.chain) > 1 or scan.max_seq_seen != scan.last_seq
+                                  or repair is not None or slot_behind):
             eng.checkpoint()
         return eng
+
+    @staticmethod
+    def _journal_format(sb: Superblock) -> dict:
+        """The JournalWriter arguments that depend on the format version."""
+        return {"version": sb.version, "slot_offsets": sb.slot_offsets, "block_size": sb.block_size}
 
     # -- the key state (commit and replay share `apply_keys`) -------------------
 
@@ -238,17 +261,22 @@ class Engine:
             raise OSError(errno.EROFS, "image is open read-only")
         return self.journal
 
-    def _commit(self, updates: list[tuple[int, bytes, bytes | None]]) -> int:
+    def _commit(self, updates: list[tuple[int, bytes, bytes | None]], max_bytes: int | None = None) -> int:
         journal = self._writable()
         self._check_metadata_space(updates)
+        limit = max_bytes if max_bytes is not None else self.options.txn_max_bytes
+        size = sum(len(k) + len(v or b"") + 8 for _, k, v in updates)
+        if limit is not None and size > limit:
+            raise OSError(errno.E2BIG, f"transaction of about {size} bytes of keys exceeds the limit of {limit}")
         if journal.fill >= self.options.checkpoint_fill:
             self.checkpoint()
+        fields = self._entry_fields(updates, size)
         try:
-            entry = journal.append({"keys": updates})
+            entry = journal.append(fields)
         except JournalFull:
             self.checkpoint()
             try:
-                entry = journal.append({"keys": updates})
+                entry = journal.append(fields)
             except JournalFull as exc:
                 raise OSError(errno.E2BIG, f"transaction too large for the journal: {exc}") from None
         self.commits += 1
@@ -260,6 +288,17 @@ class Engine:
         if self.store.dirty_count > self.dirty_limit:
             self.checkpoint()
         return entry.seq
+
+    def _entry_fields(self, updates: list[tuple[int, bytes, bytes | None]], size: int) -> dict:
+        """The entry of a commit: its keys inline, or (v2, when big) in data regions it names."""
+        fields: dict = {"keys": updates}
+        if self.journal.version < 2:
+            return fields
+        fields["regions"] = self.data.take_unattached()
+        if size > min(self.options.inline_key_bytes, self.sb.journal_size // 8):
+            fields["key_lists"] = self.data.write_key_list(encode_key_list(updates))
+            fields["keys"] = []
+        return fields
 
     def _check_metadata_space(self, updates: list[tuple[int, bytes, bytes | None]]) -> None:
         """ENOSPC for transactions that grow the btrees once only the node reserve is left.

@@ -46,7 +46,7 @@ class TransactionClosed(RuntimeError):
 
 
 class Transaction:
-    def __init__(self, source: KeySource, commit: Callable[[list[tuple[int, bytes, bytes | None]]], int]) -> None:
+    def __init__(self, source: KeySource, commit: Callable[..., int]) -> None:
         self._source = source
         self._commit = commit
         self._updates: dict[tuple[int, bytes], bytes | None] = {}
@@ -177,13 +177,20 @@ class Transaction:
     def updates(self) -> list[tuple[int, bytes, bytes | None]]:
         return [(tree, key, value) for (tree, key), value in self._updates.items()]
 
-    def commit(self) -> int | None:
-        """Commit as one journal entry; returns its seq (None if nothing changed)."""
+    def commit(self, max_bytes: int | None = None) -> int | None:
+        """Commit as one journal entry, whatever its size; returns its seq (None if nothing changed).
+
+        E2BIG only when the key list exceeds `max_bytes` (or the engine's
+        `txn_max_bytes`); a big key list goes out of line (docs/format.md).
+        """
         self._check_open()
         self.closed = True
         if not self._updates:
             return None
-        self.seq = self._commit(self.updates)
+        if max_bytes is None:
+            self.seq = self._commit(self.updates)
+        else:
+            self.seq = self._commit(self.updates, max_bytes=max_bytes)
         return self.seq
 
     def abort(self) -> None:

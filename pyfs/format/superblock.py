@@ -9,6 +9,7 @@ changes lives in the journal and the btrees.
 Geometry (all offsets in bytes, all multiples of the block size):
 
     [0]                      superblock
+    [block 1], [block 2]     checkpoint slots A and B (version 2 only)
     [journal_offset, +journal_size)   circular journal
     [bucket_offset, +nbuckets*bucket_size)   buckets (data or btree nodes)
     [size - block_size]      backup superblock
@@ -25,7 +26,9 @@ from .checksum import checksum
 from .errors import MALFORMED, FormatError, NotPyfs, UnsupportedVersion
 
 MAGIC = b"PYFS\x00SB\x01"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2          # what mkfs writes
+SUPPORTED_VERSIONS = (1, 2)  # what this pyfs reads
+SLOT_BLOCKS = 2             # v2: the checkpoint slots between the superblock and the journal
 BLOCK_SIZE = 4096
 _HEADER = struct.Struct("<8sII")
 _CSUM = struct.Struct("<Q")
@@ -53,6 +56,15 @@ class Superblock:
     nbuckets: int
     created_ns: int
     version: int = FORMAT_VERSION
+
+    @property
+    def has_slots(self) -> bool:
+        """Version 2 and later: two checkpoint slots name the newest checkpoint entry."""
+        return self.version >= 2
+
+    @property
+    def slot_offsets(self) -> tuple[int, int]:
+        return self.block_size, 2 * self.block_size
 
     @property
     def backup_offset(self) -> int:
@@ -99,9 +111,10 @@ class Superblock:
         (stored,) = _CSUM.unpack_from(block, end)
         if checksum(block[:end]) != stored:
             raise FormatError("superblock checksum mismatch")
-        if version != FORMAT_VERSION:
+        if version not in SUPPORTED_VERSIONS:
             raise UnsupportedVersion(
-                f"unsupported format version {version} (this pyfs reads version {FORMAT_VERSION})"
+                f"unsupported format version {version} (this pyfs reads versions "
+                f"{', '.join(map(str, SUPPORTED_VERSIONS))})"
             )
         try:
             body = msgpack.unpackb(block[_HEADER.size : end])
@@ -134,7 +147,10 @@ class Superblock:
             problems.append("uuid length")
         if self.node_size < bs or self.node_size % bs or self.bucket_size % self.node_size:
             problems.append(f"node size {self.node_size} / bucket size {self.bucket_size}")
-        if self.journal_offset < bs or self.journal_offset % bs or self.journal_size % bs:
+        first_journal_block = 1 + (SLOT_BLOCKS if self.has_slots else 0)
+        if self.version not in SUPPORTED_VERSIONS:
+            problems.append(f"version {self.version}")
+        if self.journal_offset < first_journal_block * bs or self.journal_offset % bs or self.journal_size % bs:
             problems.append("journal placement")
         if self.journal_size < MIN_JOURNAL_SIZE:
             problems.append("journal size")
@@ -163,6 +179,7 @@ def plan_geometry(
     journal_size: int | None = None,
     node_size: int = DEFAULT_NODE_SIZE,
     created_ns: int = 0,
+    version: int = FORMAT_VERSION,
 ) -> Superblock:
     """Lay out an image of `size` bytes; ValueError with a reason if impossible."""
     bs = BLOCK_SIZE
@@ -181,13 +198,13 @@ def plan_geometry(
     journal_size -= journal_size % bs
     if journal_size < MIN_JOURNAL_SIZE:
         raise ValueError(f"journal must be at least {MIN_JOURNAL_SIZE >> 10} KiB")
-    journal_offset = bs
+    journal_offset = bs * (1 + (SLOT_BLOCKS if version >= 2 else 0))
     bucket_offset = journal_offset + journal_size
     nbuckets = (size - bs - bucket_offset) // bucket_size if size > bucket_offset + bs else 0
     if nbuckets < MIN_BUCKETS:
         need = bucket_offset + MIN_BUCKETS * bucket_size + bs
-        while auto_journal and default_journal_size(need) + bs + MIN_BUCKETS * bucket_size + bs > need:
-            need = default_journal_size(need) + bs + MIN_BUCKETS * bucket_size + bs
+        while auto_journal and default_journal_size(need) + journal_offset + MIN_BUCKETS * bucket_size + bs > need:
+            need = default_journal_size(need) + journal_offset + MIN_BUCKETS * bucket_size + bs
         raise ValueError(
             f"image too small: {size} bytes cannot hold the superblock, a "
             f"{journal_size >> 10} KiB journal and {MIN_BUCKETS} buckets of "
@@ -205,6 +222,7 @@ def plan_geometry(
         bucket_offset=bucket_offset,
         nbuckets=nbuckets,
         created_ns=created_ns,
+        version=version,
     )
     sb.validate()
     return sb

@@ -177,9 +177,9 @@ def read_image(device: Device) -> ImageRead:
         region = device.pread(sb.journal_offset, sb.journal_size)
     except OSError as exc:
         raise Unusable(f"cannot read the journal: {exc.strerror or exc}") from None
-    found = find_entries(region, seed)
+    found = find_entries(region, seed, device)
     try:
-        scan = plan_replay(found, salvage=True)
+        scan = plan_replay(found, salvage=True, device=device, seed=seed)
     except JournalCorrupt as exc:
         raise Unusable(f"{exc}: fsck cannot find the btrees") from None
     img = ImageRead(device, sb, seed, scan, findings)
