@@ -60,6 +60,13 @@ def test_inspection_reads_every_tree_and_changes_no_byte(tmp_path):
     assert trees["alloc"]
     assert trees["logged"] == []  # a clean close leaves no logged operation
 
+    journal = pyfs_cli("list-journal", img, "--keys", "--json")
+    assert journal.returncode == 0, journal.stderr
+    entries = json.loads(journal.stdout)
+    assert entries[0]["checkpoint"] and entries[0]["offset"] >= fields["journal_offset"]
+    assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)
+    assert all(sum(e["keys_per_tree"].values()) == len(e["keys"]) for e in entries)
+
     later = pyfs_cli("dump", img, "--tree", "inodes", "--from", str(dir_ino), "--json")
     assert [row["key"] for row in json.loads(later.stdout)["keys"]] == [k for k in inode_keys if k >= [dir_ino]]
 

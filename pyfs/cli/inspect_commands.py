@@ -1,6 +1,7 @@
-"""Looking inside an unmounted image: show-super, dump, ls, cat (issue 15).
+"""Looking inside an unmounted image: show-super, list-journal, dump, ls, cat (issue 15).
 
     pyfs show-super IMAGE [--json]
+    pyfs list-journal IMAGE [--keys] [--json]
     pyfs dump IMAGE --tree inodes|dirents|extents|xattrs|alloc|logged [--from KEY] [--json]
     pyfs ls IMAGE PATH [--json]
     pyfs cat IMAGE PATH
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 
 from ..engine.device import FileDevice
 from ..engine.engine import Engine, EngineOptions
+from ..format.journal_entry import decode_entry
 from ..format.keys import decode_key, encode_key
 from ..format.records import ROOT_INO, Tree, unpack
 from ..fs import FileSystem
@@ -126,6 +128,39 @@ def cmd_dump(args: argparse.Namespace) -> int:
                 lambda: [f"{r['key']} {json.dumps(r['value'])}" for r in rows])
 
 
+def cmd_list_journal(args: argparse.Namespace) -> int:
+    with read_only_engine(args.image) as eng:
+        scan = eng.journal_scan
+        assert scan is not None
+        region = eng.device.pread(eng.sb.journal_offset, eng.sb.journal_size)
+        rows = []
+        for loc in scan.chain:
+            found = decode_entry(region, loc.offset, eng.seed)
+            if found is None:
+                raise ValueError(f"journal entry {loc.entry.seq} changed while it was being read")
+            keys = found[0].keys or []
+            per_tree: dict[str, int] = {}
+            for tree, _, _ in keys:
+                name = Tree(tree).name.lower()
+                per_tree[name] = per_tree.get(name, 0) + 1
+            row: dict[str, object] = {"seq": loc.entry.seq, "offset": eng.sb.journal_offset + loc.offset,
+                                      "size": loc.length, "checkpoint": loc.entry.is_checkpoint,
+                                      "keys_per_tree": per_tree}
+            if args.keys:
+                row["keys"] = [{"tree": Tree(t).name.lower(), "key": plain(list(decode_key(k))),
+                                "value": None if v is None else plain(decoded(t, v))} for t, k, v in keys]
+            rows.append(row)
+
+    def lines() -> list[str]:
+        out = []
+        for r in rows:
+            out.append(f"seq {r['seq']} offset {r['offset']} size {r['size']}"
+                       f"{' checkpoint' if r['checkpoint'] else ''} {r['keys_per_tree']}")
+            out.extend(f"  {k['tree']} {k['key']} {json.dumps(k['value'])}" for k in r.get("keys", []))
+        return out
+    return emit(args, rows, lines)
+
+
 def walk(fs: FileSystem, path: str) -> int:
     ino = ROOT_INO
     for part in (p for p in path.split("/") if p):
@@ -171,6 +206,11 @@ def add_commands(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("image")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show_super)
+    p = add_parser("list-journal", help="journal entries from the newest checkpoint on")
+    p.add_argument("image")
+    p.add_argument("--keys", action="store_true", help="also the keys of each entry")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list_journal)
     p = add_parser("dump", help="keys and decoded values of one btree of an unmounted image")
     p.add_argument("image")
     p.add_argument("--tree", required=True, choices=sorted(TREES))
