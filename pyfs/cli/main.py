@@ -50,6 +50,7 @@ from ..engine.engine import EngineOptions
 from ..format.errors import FormatError
 from ..mount import mount_marks
 from .control_commands import add_commands
+from .inspect_commands import add_commands as add_inspect_commands
 
 if TYPE_CHECKING:
     from ..fs import FileSystem
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     u.set_defaults(func=cmd_umount)
     add_commands(sub.add_parser)
+    add_inspect_commands(sub.add_parser)
     return parser
 
 
@@ -268,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        return 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except (FormatError, ValueError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # noqa: BLE001 - never a traceback for the user
         log.debug("unexpected error", exc_info=True)
