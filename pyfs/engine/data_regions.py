@@ -76,13 +76,7 @@ class DataRegions:
 
     def write(self, addr: int, data: bytes) -> int:
         """Write a data region; returns its checksum.  Durable at the next flush."""
-        try:
-            self.device.pwrite(addr, data)
-        except OSError as exc:
-            self.durability.fail(exc)
-            raise OSError(errno.EIO, f"data write failed: {exc}") from exc
-        self.durability.data_written()
-        csum = checksum(data, self.seed)
+        csum = self._put(addr, data, "data")
         if self.name_regions:
             self.unattached.append((addr, len(data), csum))
         return csum
@@ -100,14 +94,18 @@ class DataRegions:
             piece = packed[at : at + limit]
             addr = self.allocate(len(piece))
             self.space.pin(self.sb.bucket_of(addr))
-            try:
-                self.device.pwrite(addr, piece)
-            except OSError as exc:
-                self.durability.fail(exc)
-                raise OSError(errno.EIO, f"key list write failed: {exc}") from exc
-            self.durability.data_written()
-            refs.append((addr, len(piece), checksum(piece, self.seed)))
+            refs.append((addr, len(piece), self._put(addr, piece, "key list")))
         return tuple(refs)
+
+    def _put(self, addr: int, data: bytes, what: str) -> int:
+        """Write `data` at `addr` (EIO and read-only if that fails); returns its checksum."""
+        try:
+            self.device.pwrite(addr, data)
+        except OSError as exc:
+            self.durability.fail(exc)
+            raise OSError(errno.EIO, f"{what} write failed: {exc}") from exc
+        self.durability.data_written()
+        return checksum(data, self.seed)
 
     def read(self, addr: int, length: int, expect_csum: int | None = None) -> bytes:
         """Read a data region, verifying its checksum when given (EIO on mismatch)."""
